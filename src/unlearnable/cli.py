@@ -141,9 +141,17 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str):
     return protected, clean
 
 
-def _stacked_pair(protected, clean, what: str):
-    if not protected.uniform:
-        raise UnlearnableError(f"{what} needs images of one size; these have several (resize them first)")
+def _stacked_pair(protected, clean, size: Optional[int]):
+    """Both sets as NHWC arrays at one size: ``--size``, else audit's rule (native, or 32² for mixed sizes).
+
+    Resizing x' and x alike is linear, so x' − x at that size is the resized perturbation (up to
+    rounding)."""
+    from .audit import training_size
+
+    hw = (size, size) if size else training_size(protected, clean)
+    if not protected.uniform or protected.shape_of(0) != hw:
+        _print(f"images resized to {hw[0]}x{hw[1]} for the analysis")
+        protected, clean = protected.resized(hw), clean.resized(hw)
     return protected.stacked(), clean.stacked()
 
 
@@ -169,7 +177,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from .analysis.separability import perturbations
 
         y = protected.require_labels(what)
-        px, cx = _stacked_pair(protected, clean, what)
+        px, cx = _stacked_pair(protected, clean, args.size)
         delta = perturbations(px, cx)
         if what == "separability":
             from .analysis.separability import separability_report
@@ -395,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--n-clean", type=int, default=5000, help="dfr: clean images for the last-layer refit")
     z.add_argument("--bn-mode", default="eval", choices=["eval", "train"],
                    help="dfr: BatchNorm statistics as trained (eval) or re-estimated on the clean subset (train)")
-    z.add_argument("--size", type=int, default=None, help="dfr: training image side (default: native)")
+    z.add_argument("--size", type=int, default=None,
+                   help="image side the analysis works at (default: native, or 32 for mixed sizes)")
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--device", default=None)
     z.add_argument("--quiet", action="store_true")

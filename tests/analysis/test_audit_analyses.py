@@ -121,3 +121,25 @@ def test_cli_analyze_separability_csd_quality_end_to_end(tmp_path, capsys):
     other = make_folder(tmp_path / "other", n_per_class=5)
     assert main(["analyze", "csd", str(prot), "--clean", str(other)]) == 2
     assert "same ids" in capsys.readouterr().err
+
+
+def test_cli_analyze_mixed_sizes_work_at_one_size(tmp_path, capsys):
+    # Photos come in many sizes: the perturbation analyses resize x' and x alike (audit's rule,
+    # or --size) instead of refusing.
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(6):
+            h, w = rng.integers(10, 40, 2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    prot = tmp_path / "prot"
+    assert main(["protect", str(src), "--out", str(prot), "--method", "random-classwise", "--quiet"]) == 0
+    capsys.readouterr()
+    js = tmp_path / "sep.json"
+    assert main(["analyze", "separability", str(prot), "--clean", str(src), "--steps", "50", "--device", "cpu",
+                 "--json", str(js)]) == 0
+    assert "resized to 32x32" in capsys.readouterr().err
+    assert json.loads(js.read_text())["train_accuracy"]["perturbation"] == 1.0
+    assert main(["analyze", "csd", str(prot), "--clean", str(src), "--size", "12"]) == 0
+    assert "resized to 12x12" in capsys.readouterr().err
