@@ -38,10 +38,7 @@ def training_size(*sets: ImageSet, default: int = 32) -> Tuple[int, int]:
 
 def as_training_arrays(data: ImageSet, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """uint8 NHWC images at ``size`` and int64 labels, as the engine takes them."""
-    labels = data.require_labels("training a victim")
-    if data.uniform and len(data) and data.shape_of(0) == tuple(size):
-        return data.stacked(), labels
-    return data.resized(size).stacked(), labels
+    return data.stacked_at(size), data.require_labels("training a victim")
 
 
 def check_same_classes(a: ImageSet, b: ImageSet, what_a: str, what_b: str) -> None:

@@ -151,8 +151,7 @@ def _stacked_pair(protected, clean, size: Optional[int]):
     hw = (size, size) if size else training_size(protected, clean)
     if not protected.uniform or protected.shape_of(0) != hw:
         _print(f"images resized to {hw[0]}x{hw[1]} for the analysis")
-        protected, clean = protected.resized(hw), clean.resized(hw)
-    return protected.stacked(), clean.stacked()
+    return protected.stacked_at(hw), clean.stacked_at(hw)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

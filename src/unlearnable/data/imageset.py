@@ -140,6 +140,12 @@ class ImageSet:
                 out[i] = np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR))
         return self.with_images(out)
 
+    def stacked_at(self, size: Tuple[int, int]) -> np.ndarray:
+        """All images as one ``(N, H, W, 3)`` uint8 array at ``size``, resized only where they differ."""
+        if self.uniform and len(self) and self.shape_of(0) == tuple(size):
+            return self.stacked()
+        return self.resized(size).stacked()
+
     def summary(self) -> str:
         sizes = {im.shape[:2] for im in self.images} if not isinstance(self.images, np.ndarray) else {self.images.shape[1:3]}
         size = "x".join(map(str, next(iter(sizes)))) if len(sizes) == 1 else f"{len(sizes)} sizes"

@@ -43,8 +43,7 @@ def image_features(data: ImageSet, side: int = 16, pca_dims: int = 64, seed: int
     """
     from sklearn.decomposition import PCA
 
-    small = data.resized((side, side)).stacked() if not (data.uniform and data.shape_of(0) == (side, side)) \
-        else data.stacked()
+    small = data.stacked_at((side, side))
     f = small.reshape(len(small), -1).astype(np.float32) / 255.0
     f -= f.mean(axis=0, keepdims=True)
     std = f.std(axis=0, keepdims=True)

@@ -51,6 +51,20 @@ def resize_delta(delta: np.ndarray, size: Tuple[int, int], mode: str = "nearest"
     return out[0].permute(1, 2, 0).numpy()
 
 
+def deltas_to_native(data: ImageSet, deltas: np.ndarray, mode: str = "bilinear") -> Deltas:
+    """Working-size perturbations ``(N, h, w, C)`` (input order) → one δ per image at its native size.
+
+    A stacked array for uniform sets (resized when the working size differs: e.g. a set of
+    224-px photos worked at 32²), a list for mixed sizes.
+    """
+    if data.uniform:
+        native = data.shape_of(0) if len(data) else deltas.shape[1:3]
+        if tuple(deltas.shape[1:3]) == tuple(native):
+            return np.ascontiguousarray(deltas, dtype=np.float32)
+        return np.stack([resize_delta(d, native, mode) for d in deltas]).astype(np.float32)
+    return [resize_delta(deltas[i], data.shape_of(i), mode).astype(np.float32) for i in range(len(deltas))]
+
+
 @dataclass
 class ProtectedSet:
     """The result of protecting an :class:`ImageSet`.

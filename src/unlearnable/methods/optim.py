@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
-from .base import Deltas, Method, Progress, per_class_patterns_to_images, resize_delta
+from .base import Deltas, Method, Progress, deltas_to_native, per_class_patterns_to_images
 from .base import working_size as _working_size
 
 __all__ = [
@@ -110,14 +110,13 @@ class Problem:
         inv = np.empty_like(self.order)
         inv[self.order] = np.arange(len(self.order))
         d = delta.detach().float().permute(0, 2, 3, 1).cpu().numpy()[inv]
-        if self.data.uniform:
-            return np.ascontiguousarray(d, dtype=np.float32)
-        return [resize_delta(d[i], self.data.shape_of(i), "bilinear").astype(np.float32) for i in range(len(d))]
+        return deltas_to_native(self.data, d, "bilinear")
 
     def patterns_out(self, patterns: Tensor) -> Deltas:
         """Class patterns ``(K, C, H, W)`` → one δ per image (its class's), at native sizes."""
         p = patterns.detach().float().permute(0, 2, 3, 1).cpu().numpy()
-        return per_class_patterns_to_images(self.data, p, "bilinear" if not self.data.uniform else "nearest")
+        native = self.data.uniform and len(self.data) and self.data.shape_of(0) == tuple(p.shape[1:3])
+        return per_class_patterns_to_images(self.data, p, "nearest" if native else "bilinear")
 
     def fingerprint(self) -> str:
         """Hash of pixels and labels (canonical order): part of the checkpoint signature."""
@@ -137,9 +136,8 @@ def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this me
     labels = data.require_labels(f"method {what!r}")
     dev = torch.device(device)
     h, w = _working_size(data, working)
-    work = data if data.uniform and data.shape_of(0) == (h, w) else data.resized((h, w))
     order = np.argsort(np.asarray(data.ids, dtype=object), kind="stable")  # canonical: by id, not file order
-    x_np = np.ascontiguousarray(work.stacked()[order])
+    x_np = np.ascontiguousarray(data.stacked_at((h, w))[order])
     x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(dev)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[order]).to(dev)
     k = max(int(data.num_classes), int(labels.max()) + 1 if len(labels) else 1)

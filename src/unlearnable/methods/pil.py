@@ -50,7 +50,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, resize_delta
+from .base import Deltas, Method, Progress, deltas_to_native
 from .base import working_size as _working_size
 
 __all__ = ["PIL", "fit_surrogate", "pil_attack", "surrogate_accuracy", "SURROGATE_FITS"]
@@ -259,8 +259,7 @@ class PIL(Method):
         self._check()
         labels = data.require_labels("method 'pil'")
         h, w = _working_size(data, self.working_size)
-        work = data if data.uniform else data.resized((h, w))
-        x_np = work.stacked()
+        x_np = data.stacked_at((h, w))
         n = len(x_np)
         order = np.argsort(np.asarray(data.ids, dtype=object), kind="stable")  # canonical: by id, not file order
         t0 = time.perf_counter()
@@ -284,6 +283,4 @@ class PIL(Method):
         self.last_run = {"fit_seconds": t1 - t0, "attack_seconds": t2 - t1, "working_size": (h, w),
                          "surrogate_train_acc": surrogate_accuracy(w1, w2, x, y),
                          "surrogate": (w1.cpu(), w2.cpu())}
-        if data.uniform:
-            return neg
-        return [resize_delta(neg[i], data.shape_of(i), "bilinear").astype(np.float32) for i in range(n)]
+        return deltas_to_native(data, neg, "bilinear")
