@@ -9,12 +9,20 @@ The accuracy a defense is credited with is its final-epoch clean test accuracy, 
 defenses that select an epoch on held-out training data (``early-stop``): they are credited
 with the test accuracy at the selected epoch (``selected_acc``), which is what such a trainer
 would deploy. Each record's ``acc`` holds the credited number.
+
+Every record carries a ``run_key``: a hash of everything that determines the run (training and
+test pixels and labels, the defense's canonical spec, every recipe field, seed, image size,
+device type and package version). A record passed back through ``reuse`` is taken instead of
+training again when its key matches, which is how an interrupted audit resumes and how the
+clean baselines of one audit serve the next audit of another poison made from the same data.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import hashlib
+import json
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,11 +54,31 @@ def check_same_classes(a: ImageSet, b: ImageSet, what_a: str, what_b: str) -> No
         raise UnlearnableError(f"{what_a} and {what_b} have different classes: {a.classes} vs {b.classes}")
 
 
+def fingerprint(*arrays: np.ndarray) -> str:
+    """Hash of arrays' shapes, dtypes and bytes (part of a run key)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def run_key(*, defense: str, train: str, test: str, recipe: Any, seed: int, size: Sequence[int], device: str,
+            clean: Optional[str] = None) -> str:
+    """The identity of one victim run: fingerprints of its data plus every setting that changes it."""
+    from . import __version__
+
+    cfg = {"defense": defense, "train": train, "test": test, "clean": clean, "recipe": dataclasses.asdict(recipe),
+           "seed": int(seed), "size": list(size), "device": device, "version": __version__}
+    return hashlib.blake2b(json.dumps(cfg, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
 def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] = None,
               defenses: Sequence[str] = ("standard",), arch: Optional[str] = None, recipe: str = "paper",
               epochs: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
               size: Optional[int] = None, progress: EpochTick = None,
-              on_result: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[Dict[str, Any]]:
+              on_result: Optional[Callable[[Dict[str, Any]], None]] = None,
+              reuse: Iterable[Dict[str, Any]] = ()) -> List[Dict[str, Any]]:
     """Train victims per defense on clean (if given) and protected data; return one record each.
 
     Each record holds ``defense``, ``trained_on`` (``clean``/``protected``), ``acc`` (the
@@ -60,6 +88,9 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
 
     Defenses that need the clean images (``clean-mix``) get them from ``clean``, aligned by
     id; without ``clean`` they fail before any training starts.
+
+    ``reuse``: earlier records (e.g. an interrupted audit's JSON); a run whose ``run_key``
+    matches one of them is not trained again, and its record is returned with ``reused``.
     """
     from .defenses import create_defense
     from .train.engine import train_victim
@@ -93,11 +124,27 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
             cx, cy = train_sets[0][1]
             context = {"clean_x": cx[order], "clean_y": cy[order]}
     for spec, defense in defense_objs:
-        if not context and any(getattr(p, "requires_clean", False) for p in getattr(defense, "defenses", [defense])):
+        if not context and _requires_clean(defense):
             raise UnlearnableError(f"defense {spec!r} needs the clean training images: pass --clean CLEAN "
                                    "(with the same image ids as the protected set)")
+    from .device import resolve_device
+
+    done = {r["run_key"]: r for r in reuse if isinstance(r, dict) and r.get("run_key")}
+    device_type = resolve_device(device).type
+    test_fp = fingerprint(test_x, test_y)
+    train_fps = {name: fingerprint(*arrays) for name, arrays in train_sets}
+    clean_fp = fingerprint(context["clean_x"], context["clean_y"]) if context else None
     for spec, defense in defense_objs:
         for trained_on, (x, y) in train_sets:
+            needs_clean = trained_on == "protected" and _requires_clean(defense)
+            key = run_key(defense=defense.spec, train=train_fps[trained_on], test=test_fp, recipe=rec, seed=seed,
+                          size=hw, device=device_type, clean=clean_fp if needs_clean else None)
+            if key in done:
+                record = {**done[key], "defense": spec, "trained_on": trained_on, "reused": True}
+                records.append(record)
+                if on_result:
+                    on_result(record)
+                continue
             tick = progress(f"{spec}/{trained_on}") if progress else None
             # On the clean run the "clean counterparts" are the training images themselves.
             ctx = context if trained_on == "protected" else {"clean_x": x, "clean_y": y}
@@ -107,12 +154,16 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
             d = result.to_dict()
             acc = d["selected_acc"] if d.get("selected_acc") is not None else d["final_acc"]
             record = {"defense": spec, "trained_on": trained_on, "acc": acc, "final_acc": d["final_acc"],
-                      "best_acc": d["best_acc"], "seconds": d["seconds"], "image_size": list(hw), **{
+                      "best_acc": d["best_acc"], "seconds": d["seconds"], "image_size": list(hw), "run_key": key, **{
                           k: v for k, v in d.items() if k not in ("final_acc", "best_acc", "seconds", "defense")}}
             records.append(record)
             if on_result:
                 on_result(record)
     return records
+
+
+def _requires_clean(defense: Any) -> bool:
+    return any(getattr(p, "requires_clean", False) for p in getattr(defense, "defenses", [defense]))
 
 
 def _acc(r: Dict[str, Any]) -> float:

@@ -85,6 +85,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not defenses:
         raise UnlearnableError("--defenses is empty")
+    reuse = _earlier_records(args)  # before loading anything: a clash with --json fails at once
     from .protect import load_protected
 
     protected = load_protected(args.protected, split="train")
@@ -100,20 +101,60 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if len(protected) < 500 or len(test) < 200:
         _print(f"warning: {len(protected)} training and {len(test)} test images are few; "
                "accuracies from so few images are noisy and say little about protection")
-    with progress_ui(not args.quiet) as ui:
-        records = run_audit(protected, test, clean=clean, defenses=defenses, arch=args.arch,
-                            recipe=auto_recipe(args.recipe, args.device),
-                            epochs=args.epochs, seed=args.seed, device=args.device, size=args.size, progress=ui)
+    finished: List[Dict[str, Any]] = []
+
+    def keep(record: Dict[str, Any]) -> None:
+        # Written after every run, so an interrupted audit keeps what it finished (--resume).
+        finished.append(record)
+        if args.json:
+            _write_text(args.json, json.dumps(finished, indent=1))
+
+    try:
+        with progress_ui(not args.quiet) as ui:
+            records = run_audit(protected, test, clean=clean, defenses=defenses, arch=args.arch,
+                                recipe=auto_recipe(args.recipe, args.device),
+                                epochs=args.epochs, seed=args.seed, device=args.device, size=args.size,
+                                progress=ui, on_result=keep, reuse=reuse)
+    except KeyboardInterrupt:
+        if args.json and finished:
+            _print(f"{len(finished)} finished runs are in {args.json}; the same command with --resume continues")
+        raise
+    n_reused = sum(1 for r in records if r.get("reused"))
+    if n_reused:
+        _print(f"reused {n_reused} of {len(records)} runs from earlier records (same data, defense, recipe, seed)")
     table = markdown_table(records)
     print(table)
-    if args.json:
-        _write_text(args.json, json.dumps(records, indent=1))
     if args.markdown:
         _write_text(args.markdown, table + "\n")
     rec = recovered_accuracy(records)
     if rec:
         _print(f"recovered accuracy: {100 * rec['final_acc']:.2f}% ({rec['defense']})")
     return 0
+
+
+def _earlier_records(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Records of earlier audits to reuse: --reuse files, and with --resume the --json file itself."""
+    paths = list(args.reuse or [])
+    if args.json and Path(args.json).expanduser().exists() and not (args.resume or args.overwrite):
+        raise UnlearnableError(f"{args.json} exists: pass --resume to continue that audit or --overwrite to start again")
+    if args.resume:
+        if not args.json:
+            raise UnlearnableError("--resume continues the audit written to --json FILE; pass --json")
+        if Path(args.json).expanduser().exists():
+            paths.append(args.json)
+    records: List[Dict[str, Any]] = []
+    for path in paths:
+        p = Path(path).expanduser()
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise UnlearnableError(f"cannot reuse {p}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UnlearnableError(f"cannot reuse {p}: not an audit JSON ({e.__class__.__name__}: {e})") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise UnlearnableError(f"cannot reuse {p}: expected a JSON list of audit records")
+        records.extend(data)
+    return records
 
 
 def _aligned_pair(protected_path: str, clean_path: str, split: str):
@@ -377,7 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--size", type=int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default=None)
-    a.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON")
+    a.add_argument("--json", default=None, metavar="FILE",
+                   help="write the records as JSON (rewritten after every finished run)")
+    a.add_argument("--resume", action="store_true",
+                   help="continue the audit in --json FILE: runs it already holds are not trained again")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --json FILE")
+    a.add_argument("--reuse", action="append", default=None, metavar="FILE",
+                   help="an earlier audit's JSON whose matching runs (same data, defense, recipe, seed, size, "
+                        "device type) are taken as they are, e.g. the clean baselines; repeatable")
     a.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_audit)

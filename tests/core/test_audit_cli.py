@@ -157,3 +157,62 @@ def test_auto_recipe_picks_by_device(capsys):
     expected = "paper" if torch.cuda.is_available() else "cpu-small"
     assert auto_recipe("auto", None) == expected
     assert auto_recipe("auto", "cpu") == "cpu-small" and "cpu-small" in capsys.readouterr().err
+
+
+def test_audit_resume_and_reuse(tmp_path, capsys, monkeypatch):
+    import unlearnable.audit as audit_mod
+    from unlearnable.train import engine
+
+    train = colour_folder(tmp_path / "train")
+    test = colour_folder(tmp_path / "test", n_per_class=6, seed=1)
+    prot_a, prot_b = tmp_path / "pa", tmp_path / "pb"
+    assert main(["protect", str(train), "--out", str(prot_a), "--method", "regions-4", "--quiet"]) == 0
+    assert main(["protect", str(train), "--out", str(prot_b), "--method", "random-classwise", "--quiet"]) == 0
+    js = tmp_path / "a.json"
+    common = ["--clean", str(train), "--test", str(test), "--defenses", "none,standard", "--recipe", "cpu-small",
+              "--epochs", "1", "--quiet"]
+    # Interrupt the third run: the first two are already on disk.
+    real, calls = engine.train_victim, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_victim", flaky)
+    assert main(["audit", str(prot_a), *common, "--json", str(js)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "2 finished runs" in err and "--resume" in err
+    assert len(json.loads(js.read_text())) == 2
+    monkeypatch.setattr(engine, "train_victim", real)
+    capsys.readouterr()
+    # Same command without --resume refuses to clobber the partial results.
+    assert main(["audit", str(prot_a), *common, "--json", str(js)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    trained = []
+    monkeypatch.setattr(engine, "train_victim", lambda *a, **k: trained.append(1) or real(*a, **k))
+    assert main(["audit", str(prot_a), *common, "--json", str(js), "--resume"]) == 0
+    recs = json.loads(js.read_text())
+    assert len(trained) == 2 and len(recs) == 4
+    assert [r.get("reused", False) for r in recs] == [True, True, False, False]
+    assert "reused 2 of 4" in capsys.readouterr().err
+    # Another poison of the same clean data: the clean baselines are reused, the protected runs are not.
+    trained.clear()
+    jb = tmp_path / "b.json"
+    assert main(["audit", str(prot_b), *common, "--json", str(jb), "--reuse", str(js)]) == 0
+    recs_b = json.loads(jb.read_text())
+    assert len(trained) == 2
+    assert {(r["defense"], r["trained_on"]) for r in recs_b if r.get("reused")} == {("none", "clean"), ("standard", "clean")}
+    # A different seed changes every key.
+    trained.clear()
+    assert main(["audit", str(prot_b), *common, "--seed", "1", "--json", str(jb), "--overwrite", "--reuse", str(js)]) == 0
+    assert len(trained) == 4
+    # Bad reuse files are one-line errors.
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["audit", str(prot_b), *common, "--reuse", str(bad)]) == 2
+    assert "not an audit JSON" in capsys.readouterr().err
+    assert main(["audit", str(prot_b), *common, "--resume"]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert audit_mod.fingerprint(np.zeros(3)) != audit_mod.fingerprint(np.zeros(4))
