@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
+
 ALL = ["em", "em-classwise", "rem", "sem", "tap", "tap-untargeted", "sep"]
 #: Iteration-count fields scaled by --steps-scale (inner and outer loops).
 SCALED = ("max_rounds", "train_steps", "pgd_steps", "steps", "lr_decay_every", "rho_steps", "eot",
@@ -90,7 +88,7 @@ def rounds_of(name: str, run: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(REPO / ".data" / "cifar10-jpeg"), help="dataset with train/ and test/")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 copy: tarball or folder with train/ and test/")
     ap.add_argument("--methods", default=",".join(ALL), help="comma-separated method names")
     ap.add_argument("--limit", type=int, default=None, help="seeded random subset of N training images")
     ap.add_argument("--test-limit", type=int, default=None, help="seeded random subset of N test images (default: all)")
@@ -117,7 +115,6 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from unlearnable.data import load_images
     from unlearnable.device import describe_device, resolve_device
     from unlearnable.methods import create_method
     from unlearnable.train.engine import train_victim
@@ -125,15 +122,10 @@ def main(argv=None) -> int:
 
     dev = str(resolve_device(args.device))
     t0 = time.perf_counter()
-    train = load_images(args.data, split="train")
-    test = load_images(args.data, split="test")
+    train, test = load_splits(args.data)
     load_s = time.perf_counter() - t0
-    if args.limit and args.limit < len(train):
-        idx = np.sort(np.random.default_rng(args.seed).choice(len(train), args.limit, replace=False))
-        train = train.subset(idx)
-    if args.test_limit and args.test_limit < len(test):
-        # A seeded random subset: folder-loaded sets are class-sorted, so the first N would be one class.
-        test = test.subset(np.sort(np.random.default_rng(args.seed + 1).choice(len(test), args.test_limit, replace=False)))
+    train = seeded_subset(train, args.limit, args.seed)
+    test = seeded_subset(test, args.test_limit, args.seed + 1)
 
     rows, notes = [], []
     if args.victim:  # the reference row: the same victim on the clean subset
@@ -189,17 +181,7 @@ def main(argv=None) -> int:
     text = head + "\n" + "\n".join(table) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     print(text)
     if args.record:
-        path = Path(args.results)
-        old = path.read_text() if path.exists() else ""
-        headings = [ln for ln in old.splitlines() if ln.startswith("## ")]
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
-        block = ""
-        if not headings or headings[-1].strip() != "## Baselines":
-            block += ("\n" if old and not old.endswith("\n") else "") + "\n## Baselines\n"
-        block += f"\n### {stamp}\n\n`{cmd}`\n\n{text}"
-        with open(path, "a", encoding="utf-8") as fh:  # append only
-            fh.write(block)
+        append_results("Baselines", text, command_line("bench_baselines.py", argv), Path(args.results))
     return 0
 
 

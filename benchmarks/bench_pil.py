@@ -26,43 +26,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-
-
-def _load(args):
-    from unlearnable.data import load_images
-    from unlearnable.data.imageset import ImageSet
-
-    cache = Path(args.cache) if args.cache else None
-    if cache is not None and cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        classes = [str(c) for c in z["classes"]]
-        tr = ImageSet(z["xtr"], z["ytr"], classes, [str(i) for i in z["ids"]])
-        te = ImageSet(z["xte"], z["yte"], classes, [f"t{i:05d}" for i in range(len(z["yte"]))])
-        return tr, te
-    tr = load_images(args.data, split="train")
-    te = load_images(args.data, split="test")
-    if cache is not None:
-        np.savez(cache, xtr=tr.stacked(), ytr=tr.labels, xte=te.stacked(), yte=te.labels, ids=np.array(tr.ids),
-                 classes=np.array(tr.classes))
-    return tr, te
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(REPO / ".data" / "cifar10-jpeg"), help="unpacked cifar10-jpeg folder")
-    ap.add_argument("--cache", default=None, help="NPZ cache of the decoded set (written if missing)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 copy: tarball or unpacked folder")
     ap.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--eps", default="8/255")
@@ -76,7 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--victim-epochs", type=int, default=None)
     ap.add_argument("--victim-defense", default="standard", help="trainer's defense spec; 'none' for no augmentation")
     ap.add_argument("--clean-victim", action="store_true", help="also train the victim on the clean (sub)set")
-    ap.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    ap.add_argument("--record", action="store_true", help="append the results to --results")
+    ap.add_argument("--results", default=str(RESULTS), help="results file for --record")
     args = ap.parse_args(argv)
 
     import torch
@@ -96,11 +74,9 @@ def main(argv=None) -> int:
         lines.append(s)
 
     t = time.perf_counter()
-    train, test = _load(args)
+    train, test = load_splits(args.data)
     load_s = time.perf_counter() - t
-    if args.subset:
-        idx = np.sort(np.random.default_rng(args.seed).permutation(len(train))[: args.subset])
-        train = train.subset(idx)
+    train = seeded_subset(train, args.subset, args.seed)
     target = train if args.labels == "true" else ImageSet(train.stacked(), None, [], train.ids)
 
     method = create_method("pil", surrogate_fit=args.surrogate_fit, attack_batch=args.attack_batch)
@@ -143,26 +119,9 @@ def main(argv=None) -> int:
                 f"final {v.final_acc:.4f} best {v.best_acc:.4f} ({v.seconds:.1f} s)")
 
     if args.record:
-        cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO)] + (argv or sys.argv[1:]))
-        block = [f"### {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "", f"`{cmd}`", "", "```", *lines, "```", ""]
-        _append_under_pil("\n".join(block) + "\n")
+        text = "\n".join(["```", *lines, "```"])
+        append_results("PIL", text, command_line("bench_pil.py", argv), Path(args.results))
     return 0
-
-
-def _append_under_pil(block: str) -> None:
-    """Append ``block`` to RESULTS.md (append only: other sections are never rewritten).
-
-    A ``## PIL`` heading is written first unless the file's last ``## `` section already is PIL.
-    """
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    heads = [ln for ln in text.splitlines() if ln.startswith("## ")]
-    prefix = "" if text.endswith("\n") or not text else "\n"
-    if not text:
-        prefix = "# Benchmark results\n\n"
-    if not heads or heads[-1].strip() != "## PIL":
-        prefix += ("\n" if text else "") + "## PIL\n\n"
-    with open(RESULTS, "a") as f:
-        f.write(prefix + block)
 
 
 if __name__ == "__main__":

@@ -24,24 +24,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
-import os
-import shlex
-import shutil
 import statistics
 import sys
-import tarfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-# ../shared does not travel to a GPU machine: copy the tarball into .data/ and carry it there.
-DEFAULT_DATA = next((p for p in (REPO / ".." / "shared" / "datasets" / "cifar10-jpeg.tar.gz",
-                                 REPO / ".data" / "cifar10-jpeg.tar.gz") if p.exists()),
-                    REPO / ".." / "shared" / "datasets" / "cifar10-jpeg.tar.gz")
-CACHE = REPO / ".data"  # git-ignored
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, split_arrays  # noqa: E402
 
 Split = Tuple[np.ndarray, np.ndarray]
 
@@ -63,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--warmup", choices=("auto", "yes", "no"), default="auto",
                    help="untimed warm-up run per recipe (auto: on CUDA only)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"), help="Markdown file to append to ('-': none)")
+    p.add_argument("--out", default=str(RESULTS), help="Markdown file to append to ('-': none)")
     return p.parse_args(argv)
 
 
@@ -82,49 +73,9 @@ def synthetic(n: int, seed: int = 0) -> Tuple[Split, Split]:
     return make(n), make(max(n // 4, 10))
 
 
-def _unpacked(path: Path) -> Path:
-    """Unpack a .tar.gz once into the git-ignored .data/ folder; return the folder to load."""
-    if path.is_dir():
-        return path
-    if not path.name.endswith((".tar.gz", ".tgz")):
-        return path
-    stem = path.name[: -len(".tar.gz")] if path.name.endswith(".tar.gz") else path.stem
-    dest = CACHE / stem
-    if not dest.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE / (stem + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted unpack
-        print(f"unpacking {path} -> {dest}", file=sys.stderr)
-        with tarfile.open(path) as tf:
-            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tf.extractall(tmp, **kw)
-        inner = tmp / stem
-        os.replace(inner if inner.is_dir() else tmp, dest)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 def load_cifar(path: str) -> Tuple[Split, Split]:
-    """Train and test splits as uint8 NHWC + int64 labels; decoded once, cached as .npz."""
-    from unlearnable.data import load_images
-
-    src = Path(path)
-    if not src.exists():
-        raise SystemExit(f"error: dataset {src} not found (pass its path, or use --synthetic N)")
-    folder = _unpacked(src)
-    cache = CACHE / (folder.name + ".npz") if folder.is_dir() else None
-    if cache is not None and cache.exists():
-        z = np.load(cache)
-        return (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
-    tr = load_images(folder, split="train")
-    te = load_images(folder, split="test")
-    out = (tr.stacked(), tr.labels), (te.stacked(), te.labels)
-    if cache is not None:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".partial.npz")
-        np.savez(tmp, x_train=out[0][0], y_train=out[0][1], x_test=out[1][0], y_test=out[1][1])
-        os.replace(tmp, cache)
-    return out
+    """Train and test splits as uint8 NHWC + int64 labels (decoded once, cached)."""
+    return split_arrays(*load_splits(path))
 
 
 def classwise_noise(x: np.ndarray, y: np.ndarray, eps: int = 8, seed: int = 0) -> np.ndarray:
@@ -214,28 +165,16 @@ def main(argv=None) -> int:
     print(table)
 
     if args.out and args.out != "-":
-        given = sys.argv[1:] if argv is None else list(argv)
-        cmd = " ".join(shlex.quote(a) for a in ["python", "benchmarks/bench_train.py", *given])
         compiled = sorted({"compiled" if r.compiled else "eager" for _, _, rs in rows for r in rs})
         amps = sorted({r.amp for _, _, rs in rows for r in rs})
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        block = (
-            f"\n## {when} — {dev_name}, torch {torch.__version__}\n\n"
-            f"Data: {source}, {len(xtr)} train / {len(xte)} test; defense `{args.defense}`; "
-            f"{', '.join(compiled)}, {', '.join(amps)}; train s = training steps only "
+        text = (
+            f"Device: {dev_name}; torch {torch.__version__}. Data: {source}, {len(xtr)} train / {len(xte)} test; "
+            f"defense `{args.defense}`; {', '.join(compiled)}, {', '.join(amps)}; train s = training steps only "
             f"({'CUDA events' if device.type == 'cuda' else 'wall clock'}), after "
             f"{'an untimed warm-up run' if warmup else 'no warm-up'}; accuracy on the clean test set "
-            f"(final epoch; best epoch for reference only).\n\n"
-            f"Command: `{cmd}`\n\n{table}\n"
+            f"(final epoch; best epoch for reference only).\n\n{table}\n"
         )
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        new = not out.exists()
-        with open(out, "a", encoding="utf-8") as f:
-            if new:
-                f.write("# Victim-training benchmarks\n\nAppended by `benchmarks/bench_train.py`; newest last.\n")
-            f.write(block)
-        print(f"appended to {out}", file=sys.stderr)
+        append_results("Victim-training recipes", text, command_line("bench_train.py", argv), Path(args.out))
     return 0
 
 

@@ -166,7 +166,7 @@ def _requires_clean(defense: Any) -> bool:
     return any(getattr(p, "requires_clean", False) for p in getattr(defense, "defenses", [defense]))
 
 
-def _acc(r: Dict[str, Any]) -> float:
+def credited_acc(r: Dict[str, Any]) -> float:
     """The credited accuracy of a record (older records have no ``acc``)."""
     if r.get("acc") is not None:
         return r["acc"]
@@ -182,7 +182,7 @@ def summarize(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     rows: Dict[str, Dict[str, Any]] = {}
     for r in records:
         row = rows.setdefault(r["defense"], {"defense": r["defense"]})
-        row[f"{r['trained_on']}_final"] = _acc(r)
+        row[f"{r['trained_on']}_final"] = credited_acc(r)
         row[f"{r['trained_on']}_best"] = r["best_acc"]
         if r.get("selected_epoch") is not None:
             row["selected"] = True
@@ -198,8 +198,8 @@ def recovered_accuracy(records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]
     prot = [r for r in records if r["trained_on"] == "protected"]
     if not prot:
         return None
-    best = max(prot, key=_acc)
-    return {"defense": best["defense"], "final_acc": _acc(best)}
+    best = max(prot, key=credited_acc)
+    return {"defense": best["defense"], "final_acc": credited_acc(best)}
 
 
 def markdown_table(records: List[Dict[str, Any]]) -> str:

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""The defense table: every defense, on clean data and on each protected set.
+
+Protects the CIFAR-10 training set with each method (in memory, timed), then runs
+``unlearnable.audit.run_audit`` per method with the chosen victim recipe. The clean victims
+are trained once and reused for every method (audit ``run_key``s), and with ``--json FILE``
+every finished run is saved, so ``--resume`` continues an interrupted table.
+
+Prints one Markdown table — a row per defense; columns: the clean victim's accuracy, its
+training seconds and their ratio to the ``none`` row (the adversarial-training cost target is
+PGD-k ≤ (k + 1.5)× a clean run), then each method's protected accuracy — followed by each
+method's recovered accuracy (the best defense on its data: the data owner's worst case).
+Accuracies are the credited ones (final epoch; ``early-stop``: its validation-selected epoch).
+``--record`` appends it to ``benchmarks/RESULTS.md`` under ``## Defense table``.
+
+Examples::
+
+    # GPU, the paper protocol (hours: use --json/--resume across device calls):
+    python benchmarks/bench_defenses.py --recipe paper --json $OUT/defenses.json --record
+    # CPU, a small protocol:
+    python benchmarks/bench_defenses.py --recipe cpu-small --limit 5000 --test-limit 2000 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
+
+#: The audit suite's defenses (issue list), in their registered spelling.
+DEFENSES = ("none,standard,cutout,mixup,cutmix,gray,jpeg10,bdr2,median,gaussian,ueraser-lite,ueraser,ueraser-max,"
+            "coin,at8,at-l2,op,clean-mix,early-stop")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 copy: tarball or folder with train/ and test/")
+    ap.add_argument("--methods", default="random-classwise,regions-4,pil", help="comma-separated method names")
+    ap.add_argument("--defenses", default=DEFENSES, help="comma-separated defense specs")
+    ap.add_argument("--recipe", default="paper", help="victim recipe (paper, fast, screen, cpu-small)")
+    ap.add_argument("--arch", default=None, help="override the recipe's architecture")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--limit", type=int, default=None, help="seeded random subset of N training images")
+    ap.add_argument("--test-limit", type=int, default=None, help="seeded random subset of N test images")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None, metavar="FILE", help="every run's record, rewritten after each run")
+    ap.add_argument("--resume", action="store_true", help="reuse the runs already in --json FILE")
+    ap.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    ap.add_argument("--results", default=str(RESULTS), help="results file for --record")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    return ap.parse_args(argv)
+
+
+def pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def table(defenses, methods, records) -> str:
+    """Markdown: a row per defense, clean accuracy/seconds/cost ratio, then one column per method."""
+    from unlearnable.audit import credited_acc, recovered_accuracy
+
+    clean = {r["defense"]: r for r in records if r["trained_on"] == "clean"}
+    prot = {(r["method"], r["defense"]): r for r in records if r["trained_on"] == "protected"}
+    base = clean.get("none", {}).get("seconds")
+    head = ["defense", "clean acc %", "clean run s", "× none"] + [f"{m} acc %" for m in methods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in defenses:
+        c = clean.get(d, {})
+        ratio = f"{c['seconds'] / base:.2f}" if base and c.get("seconds") else "—"
+        cells = [d, pct(credited_acc(c)) if c else "—", f"{c['seconds']:.1f}" if c else "—", ratio]
+        cells += [pct(credited_acc(prot[(m, d)])) if (m, d) in prot else "—" for m in methods]
+        lines.append("| " + " | ".join(cells) + " |")
+    rec = ["**recovered**", "", "", ""]
+    for m in methods:
+        best = recovered_accuracy([r for r in records if r.get("method") == m])
+        rec.append(f"{pct(best['final_acc'])} ({best['defense']})" if best else "—")
+    lines.append("| " + " | ".join(rec) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from unlearnable.audit import run_audit
+    from unlearnable.device import describe_device, resolve_device
+    from unlearnable.methods import create_method
+    from unlearnable.progress import progress_ui
+    from unlearnable.train.recipes import get_recipe
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    dev = str(resolve_device(args.device))
+    done = []
+    if args.resume:
+        if not args.json:
+            raise SystemExit("error: --resume needs --json FILE")
+        if Path(args.json).exists():
+            done = json.loads(Path(args.json).read_text())
+    elif args.json and Path(args.json).exists():
+        raise SystemExit(f"error: {args.json} exists; pass --resume to continue it")
+    recipe = get_recipe(args.recipe)
+    if args.epochs:
+        recipe = recipe.replace(epochs=args.epochs)
+    if args.arch:
+        recipe = recipe.replace(arch=args.arch)
+
+    t0 = time.perf_counter()
+    train, test = load_splits(args.data)
+    load_s = time.perf_counter() - t0
+    train = seeded_subset(train, args.limit, args.seed)
+    test = seeded_subset(test, args.test_limit, args.seed + 1)
+    print(f"# {len(train)} train / {len(test)} test, {describe_device(dev)}, recipe {recipe.name}", file=sys.stderr)
+
+    records, gen = [], {}
+
+    def keep(method: str):
+        def on_result(r):
+            records.append({**r, "method": method})
+            if args.json:
+                tmp = Path(args.json + ".partial")
+                tmp.write_text(json.dumps(records, indent=1))
+                tmp.replace(args.json)
+        return on_result
+
+    started = time.perf_counter()
+    for i, name in enumerate(methods):
+        t1 = time.perf_counter()
+        res = create_method(name).protect(train, seed=args.seed, device=dev)
+        gen[name] = (time.perf_counter() - t1, res.norms["linf"]["max"], res.budget.describe())
+        print(f"[{name}] protected in {gen[name][0]:.1f} s", file=sys.stderr, flush=True)
+        # Only the first method trains the clean victims; the others reuse them by run key.
+        with progress_ui(not args.quiet) as ui:
+            run_audit(res.protected, test, clean=train, defenses=defenses, arch=None, recipe=recipe.name,
+                      epochs=recipe.epochs, seed=args.seed, device=dev, progress=ui, on_result=keep(name),
+                      reuse=done + records)
+    wall = time.perf_counter() - started
+    text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
+            f"data: {len(train)} train / {len(test)} test images from {args.data} (load {load_s:.1f} s, not timed); "
+            f"victim: recipe {recipe.name}, {recipe.arch}, {recipe.epochs} epochs, batch {recipe.batch_size}; "
+            f"seed {args.seed}; accuracy on the clean test set (final epoch; early-stop: selected epoch); "
+            f"wall {wall / 60:.1f} min ({sum(1 for r in records if r.get('reused'))} runs reused)\n"
+            + "".join(f"- {m}: {b}, generated in {s:.1f} s (measured ℓ∞ max {lmax:.0f} grey levels)\n"
+                      for m, (s, lmax, b) in gen.items())
+            + "\n" + table(defenses, methods, records) + "\n")
+    print(text)
+    if args.record:
+        append_results("Defense table", text, command_line("bench_defenses.py", argv), Path(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The benchmark scripts' shared helpers and the defense table, smoke-run on tiny data (CPU)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import colour_squares
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    xtr, ytr = colour_squares(64, seed=0, size=16)
+    xte, yte = colour_squares(32, seed=1, size=16)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def test_append_results_is_append_only(tmp_path):
+    common = _load("common")
+    path = tmp_path / "R.md"
+    common.append_results("A", "one", "python x", path)
+    common.append_results("A", "two", "python y", path)
+    common.append_results("B", "three", "python z", path)
+    text = path.read_text()
+    assert text.startswith("# Benchmark results")
+    assert text.count("## A") == 1 and text.count("## B") == 1 and text.count("### ") == 3
+    assert text.index("one") < text.index("two") < text.index("## B") < text.index("three")
+    assert "`python y`" in text
+
+
+def test_seeded_subset_is_seeded_and_ordered(tiny_npz):
+    common = _load("common")
+    train, _ = common.load_splits(tiny_npz)
+    a, b = common.seeded_subset(train, 10, 0), common.seeded_subset(train, 10, 0)
+    assert a.ids == b.ids and a.ids == sorted(a.ids, key=train.ids.index)
+    assert common.seeded_subset(train, None, 0) is train
+
+
+def test_defense_table_smoke_and_resume(tiny_npz, tmp_path, capsys):
+    bench = _load("bench_defenses")
+    js, results = tmp_path / "d.json", tmp_path / "R.md"
+    argv = ["--data", str(tiny_npz), "--methods", "random-classwise,regions-4", "--defenses", "none,jpeg10",
+            "--recipe", "cpu-small", "--epochs", "1", "--device", "cpu", "--json", str(js), "--quiet",
+            "--record", "--results", str(results)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| jpeg10 |" in out and "random-classwise acc %" in out and "**recovered**" in out
+    recs = json.loads(js.read_text())
+    # Clean victims are trained once and reused for the second method.
+    assert len(recs) == 8 and sum(1 for r in recs if r.get("reused")) == 2
+    assert "## Defense table" in results.read_text()
+    with pytest.raises(SystemExit):  # an existing JSON is never clobbered
+        bench.main(argv)
+    assert bench.main(argv + ["--resume"]) == 0
+    assert all(r.get("reused") for r in json.loads(js.read_text()))
