@@ -155,3 +155,82 @@ def test_effect_linear_classifier_far_below_clean():
     clean, protected = acc(train.stacked()), acc(res.protected.stacked())
     assert clean > 0.7, clean
     assert protected < clean - 0.35 and protected < 0.35, (clean, protected)
+
+
+# -- resolution policy: δ at native size, through the trainer's resize -----------------------
+def test_resize_matrix_is_torch_antialiased_bilinear():
+    import torch.nn.functional as F
+
+    from unlearnable.methods.pil import resize_matrix
+
+    for H, W, h, w in [(50, 61, 32, 32), (20, 7, 16, 16), (1, 1, 8, 8), (90, 40, 12, 20), (32, 32, 32, 32)]:
+        x = torch.rand(3, H, W)
+        ref = F.interpolate(x[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+        assert torch.allclose(resize_matrix(H, h) @ x @ resize_matrix(W, w).T, ref, atol=1e-5)
+
+
+def _autograd_native_attack(im, label, m, eps, hw, seed, index, lam=0.9, steps=30):
+    """The same attack, one image, with autograd through F.interpolate (independent reference)."""
+    import torch.nn.functional as F
+
+    k = m.shape[0]
+    x = torch.from_numpy(im).permute(2, 0, 1).float()[None] / 255
+    lo, hi = (x - 1).clamp(min=-eps), x.clamp(max=eps)
+    resize = lambda t: F.interpolate(t, size=hw, mode="bilinear", antialias=True, align_corners=False)  # noqa: E731
+    lx = resize(x).flatten(1) @ m.T
+    g = torch.Generator().manual_seed((seed * 1_000_003 + index + 0x5EED) & 0x7FFFFFFFFFFFFFFF)
+    d = (torch.rand((3,) + im.shape[:2], generator=g) * 2 * eps - eps)[None].clamp(lo, hi)
+    onehot = torch.eye(k)[[label]]
+    for _ in range(steps):
+        dd = d.detach().requires_grad_()
+        rd = resize(dd).flatten(1)
+        loss = lam * torch.nn.functional.cross_entropy(rd @ m.T, torch.tensor([label])) + (1 - lam) * (
+            -(torch.log_softmax(lx - rd @ m.T, 1)).mean())
+        (gr,) = torch.autograd.grad(loss, dd)
+        with torch.no_grad():
+            d = (d - gr.sign() * eps / 10).clamp(lo, hi)
+    return d[0].permute(1, 2, 0).numpy()
+
+
+def test_native_attack_matches_autograd_reference_in_mixed_batches():
+    from unlearnable.methods.pil import pil_attack_native
+
+    rng = np.random.default_rng(0)
+    ims = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 52), (23, 17), (40, 52), (9, 30)]]
+    m = torch.randn(4, 3 * 12 * 12) * 0.05
+    y = torch.tensor([0, 3, 1, 2])
+    eps = 8 / 255
+    out = pil_attack_native(ims, y, m, eps, (12, 12), seed=5, batch_size=3)  # two batches, padded
+    for i, im in enumerate(ims):
+        ref = _autograd_native_attack(im, int(y[i]), m, eps, (12, 12), seed=5, index=i)
+        assert out[i].shape == im.shape
+        # Sign flips where a gradient entry is ~0 in float32 are allowed, rarely.
+        assert (np.abs(out[i] - ref) > 1e-6).mean() < 0.01
+
+
+def test_resize_aware_delta_survives_the_trainers_resize():
+    # What a trainer at the working size sees is R(x') − R(x). PIL's δ is a shortcut when the
+    # surrogate classifies it as the image's label. Upsampled and then resized back by R, it is
+    # not (chance); optimised through R, it is.
+    from unlearnable.methods.pil import resize_matrix
+
+    rng = np.random.default_rng(1)
+    sizes = [(int(a), int(b)) for a, b in rng.integers(20, 37, (40, 2))]
+    imgs = [rng.integers(40, 216, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    y = np.arange(len(imgs)) % 4
+    data = ImageSet(imgs, y, list("abcd"), [f"{i:02d}.png" for i in range(len(imgs))])
+
+    def shortcut_rate(resize_aware):
+        method = create_method("pil", working_size=12, surrogate_epochs=3, resize_aware=resize_aware)
+        res = method.protect(data, seed=0)
+        assert res.within_budget
+        w1, w2 = method.last_run["surrogate"]
+        hits = []
+        for i, im in enumerate(imgs):
+            change = torch.from_numpy((res.protected.image(i).astype(np.float32) - im) / 255).permute(2, 0, 1)
+            seen = resize_matrix(im.shape[0], 12) @ change @ resize_matrix(im.shape[1], 12).T
+            hits.append(int((w2 @ w1 @ (-seen).flatten()).argmax()) == y[i])  # x' = x − δ
+        return np.mean(hits)
+
+    assert shortcut_rate(True) >= 0.95
+    assert shortcut_rate(False) <= 0.5
