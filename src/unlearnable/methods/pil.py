@@ -256,17 +256,18 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             mats[(n_in, n_out)] = resize_matrix(n_in, n_out, device)
         return mats[(n_in, n_out)]
 
-    # Similar sizes batch together: little padding.
+    # Similar sizes batch together; a batch closes before padding would exceed a quarter of it.
     by_size = sorted(range(n), key=lambda i: images[i].shape[:2])
-    batches, cur, hm, wm = [], [], 0, 0
+    batches, cur, hm, wm, area = [], [], 0, 0, 0
     for i in by_size:
         H, W = images[i].shape[:2]
         nh, nw = max(hm, H), max(wm, W)
-        if cur and (len(cur) >= batch_size or (len(cur) + 1) * nh * nw > _NATIVE_PIXELS):
+        padded = (len(cur) + 1) * nh * nw
+        if cur and (len(cur) >= batch_size or padded > _NATIVE_PIXELS or padded > 1.25 * (area + H * W)):
             batches.append(cur)
-            cur, nh, nw = [], H, W
+            cur, nh, nw, area = [], H, W, 0
         cur.append(i)
-        hm, wm = nh, nw
+        hm, wm, area = nh, nw, area + H * W
     if cur:
         batches.append(cur)
 
