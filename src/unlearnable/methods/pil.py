@@ -285,7 +285,7 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
         aw = torch.zeros((B, 1, w, Wm), device=device)
         for j, i in enumerate(idx):
             H, W = images[i].shape[:2]
-            xi = torch.from_numpy(np.ascontiguousarray(images[i])).to(device).permute(2, 0, 1).float().div_(255.0)
+            xi = torch.from_numpy(np.array(images[i], copy=True)).to(device).permute(2, 0, 1).float().div_(255.0)
             x[j, :, :H, :W] = xi
             lo[j, :, :H, :W] = (xi - 1.0).clamp_(min=-eps)  # x − δ ≤ 1 and δ ≥ −ε
             hi[j, :, :H, :W] = xi.clamp(max=eps)  # x − δ ≥ 0 and δ ≤ ε
