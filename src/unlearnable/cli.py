@@ -312,6 +312,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.size:
         data = data.resized((args.size, args.size))
     fmt = args.format or ("npz" if str(args.out).endswith(".npz") else "png-index")
+    if fmt == "npz" and not data.uniform:
+        raise UnlearnableError(f"{args.input} has images of several sizes; an NPZ holds one: pass --size N to "
+                               "resize them to N x N")
     if fmt == "npz":
         export_npz(data, Path(args.out).expanduser().resolve())
     else:

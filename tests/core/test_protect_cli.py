@@ -335,6 +335,15 @@ def test_import_and_export_round_trip_through_the_cli(tmp_path, capsys):
     assert_one_line_error(code, o, "nope.pt")
 
 
+def test_export_of_mixed_sizes_names_the_size_flag(tmp_path, capsys):
+    src = make_folder(tmp_path / "in", mixed=True)
+    code, o = run(["export", src, tmp_path / "x.npz"], capsys)
+    assert_one_line_error(code, o, "--size")
+    assert not (tmp_path / "x.npz").exists()
+    assert run(["export", src, tmp_path / "x.npz", "--size", "16"], capsys)[0] == 0
+    assert np.load(tmp_path / "x.npz")["x"].shape[1:] == (16, 16, 3)
+
+
 def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, monkeypatch):
     """EM checkpoints into the run's work folder; an interrupted run resumes from it, and the
     finished output holds only images and the manifest."""
