@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import shutil
 import time
@@ -214,6 +215,9 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
         atomic_write_json(meta_path, gen)
         log(f"protected {len(data)} images with {job.method} in {result.seconds:.2f}s on {result.device}")
 
+    warning = faint_warning(budget, data, per_image)
+    if warning:
+        log(warning)
     # Resume: skip files the journal records as written and still present.
     journal = part / _JOURNAL
     done: Dict[int, str] = {}
@@ -240,6 +244,32 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
     atomic_write_json(part / MANIFEST, manifest)
     _finalize(part, out)
     return manifest
+
+
+def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, float]],
+                  threshold: float = 0.5) -> Optional[str]:
+    """A warning when images changed by less than ``threshold`` grey levels on average (ℓ∞, ℓ2).
+
+    An ℓ2 budget is a total over the image, so on photos far larger than the 32² the
+    baselines were designed for it spreads too thin to survive rounding: protect then exits
+    successfully with images that are barely changed. Say so, with the scaled budget.
+    """
+    if budget.norm not in ("linf", "l2"):  # ℓ0 (OPS) is sparse by design; unbounded has no budget to spread
+        return None
+    faint = [i for i, r in enumerate(per_image) if r["mean_abs"] < threshold]
+    if not faint:
+        return None
+    i = max(faint, key=lambda j: data.shape_of(j)[0] * data.shape_of(j)[1])
+    h, w = data.shape_of(i)
+    msg = (f"warning: {len(faint)} of {len(per_image)} images changed by under {threshold} grey levels on average "
+           f"(e.g. {data.ids[i]!r}, {h}x{w}, {per_image[i]['mean_abs']:.2f})")
+    if budget.norm == "l2":
+        scaled = budget.eps * math.sqrt(h * w / (32 * 32))
+        msg += (f"; an ℓ2 budget is a total over the image, so {budget.describe()} barely changes large images: "
+                f"the same per-pixel strength at {h}x{w} is l2:{scaled:.4g}, or use an ℓ∞ method such as pil")
+    else:
+        msg += "; these images are barely protected"
+    return msg
 
 
 def _finalize(part: Path, out: Path) -> None:

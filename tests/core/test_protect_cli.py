@@ -373,3 +373,20 @@ def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, 
     a.pop("manifest.json"), b.pop("manifest.json")
     assert a == b
     assert run(["verify", tmp_path / "out", "--clean", src, "--quiet"], capsys)[0] == 0
+
+
+def test_l2_budget_too_thin_for_large_images_warns(tmp_path, capsys):
+    # ℓ2 is a total over the image: on a photo it rounds away. protect still succeeds, but says so.
+    src = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (320, 400, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    code, o = run(["protect", src, "--out", tmp_path / "lsp", "--method", "lsp"], capsys)
+    assert code == 0
+    line = next(ln for ln in o.err.splitlines() if ln.startswith("warning:"))
+    assert "6 of 6 images" in line and "320x400" in line and "l2:" in line
+    for method in ("pil", "ops"):  # full ℓ∞ use, and ℓ0's sparsity by design: no warning
+        code, o = run(["protect", src, "--out", tmp_path / method, "--method", method], capsys)
+        assert code == 0 and "warning:" not in o.err
