@@ -205,6 +205,9 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
         per_image = measure_set(data.images, images)
         log(f"reusing protected pixels from the interrupted run ({gen['seconds']:.1f}s of generation)")
     else:
+        caveat = method.resolution_warning(data)
+        if caveat:
+            log(caveat)
         work = part / _WORK  # the method's own checkpoints (optimising methods resume from them)
         work.mkdir(exist_ok=True)
         result = method.protect(data, budget, seed=job.seed, device=job.device, workdir=str(work),

@@ -390,3 +390,16 @@ def test_l2_budget_too_thin_for_large_images_warns(tmp_path, capsys):
     for method in ("pil", "ops"):  # full ℓ∞ use, and ℓ0's sparsity by design: no warning
         code, o = run(["protect", src, "--out", tmp_path / method, "--method", method], capsys)
         assert code == 0 and "warning:" not in o.err
+
+
+def test_upsampling_methods_warn_on_mixed_sizes(tmp_path, capsys):
+    src = make_folder(tmp_path / "in", n_per_class=3, mixed=True)
+    smoke = ["--param", "surrogate=small-cnn", "--param", "train_steps=1", "--param", "pgd_steps=1",
+             "--param", "max_rounds=1"]
+    code, o = run(["protect", src, "--out", tmp_path / "em", "--method", "em", *smoke], capsys)
+    assert code == 0 and "upsamples it" in o.err and "Resolution policy" in o.err
+    code, o = run(["protect", src, "--out", tmp_path / "pil", "--method", "pil"], capsys)
+    assert code == 0 and "upsamples" not in o.err
+    same = make_folder(tmp_path / "same", n_per_class=3, mixed=False)
+    code, o = run(["protect", same, "--out", tmp_path / "em2", "--method", "em", *smoke], capsys)
+    assert code == 0 and "upsamples" not in o.err

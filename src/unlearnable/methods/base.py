@@ -133,6 +133,13 @@ class Method:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------
+    def resolution_warning(self, data: ImageSet) -> Optional[str]:
+        """A caveat when this method's δ will not be made at the images' own size, else None.
+
+        Methods that optimise per-pixel δ at ``working_size`` and upsample it override this
+        (PIL attacks through the resize instead and needs no caveat)."""
+        return None
+
     def hyperparameters(self) -> Dict[str, Any]:
         """The constructor arguments, as recorded in the manifest."""
         return dataclasses.asdict(self)

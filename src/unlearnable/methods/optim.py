@@ -488,6 +488,14 @@ class OptimMethod(Method):
     result and is not part of the resume signature).
     """
 
+    def resolution_warning(self, data: ImageSet) -> Optional[str]:
+        hw = _working_size(data, int(getattr(self, "working_size", 32)))
+        if data.uniform and len(data) and data.shape_of(0) == hw:
+            return None
+        return (f"warning: {self.registry_name} optimises δ at {hw[0]}x{hw[1]} and upsamples it to these images' "
+                "sizes; measured for PIL, an upsampled δ no longer protects against a trainer who resizes the "
+                "images (benchmarks/RESULTS.md, 'Resolution policy'); pil attacks through the resize")
+
     def _start(self, data: ImageSet, budget: Budget, seed: int, device: str, workdir: Optional[str],
                name: Optional[str] = None) -> Tuple[Problem, Checkpoint]:
         if budget.norm != "linf":
