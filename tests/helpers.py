@@ -48,3 +48,16 @@ def smoke_method(name, **kwargs):
     from unlearnable.methods import METHODS, create_method
 
     return create_method(name, **{**METHODS.get(name).smoke_kwargs, **kwargs})
+
+
+def random_folder(root, n_per_class, shape, classes=("a", "b"), seed=0):
+    """An ImageFolder of random-pixel PNGs; ``shape`` is ``(h, w)`` or ``shape(rng) -> (h, w)``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            h, w = shape(rng) if callable(shape) else shape
+            Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import tiny_factory  # noqa: E402
+from helpers import random_folder, tiny_factory  # noqa: E402
 from unlearnable.analysis import (DFRResult, csd, dfr, linear_separability, penultimate_features, perturbations,
                                   separability_report, tsne_plot)
 from unlearnable.cli import main
@@ -126,13 +126,7 @@ def test_cli_analyze_separability_csd_quality_end_to_end(tmp_path, capsys):
 def test_cli_analyze_mixed_sizes_work_at_one_size(tmp_path, capsys):
     # Photos come in many sizes: the perturbation analyses resize x' and x alike (audit's rule,
     # or --size) instead of refusing.
-    rng = np.random.default_rng(1)
-    src = tmp_path / "in"
-    for c in ("a", "b"):
-        (src / c).mkdir(parents=True)
-        for i in range(6):
-            h, w = rng.integers(10, 40, 2)
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    src = random_folder(tmp_path / "in", 6, lambda rng: rng.integers(10, 40, 2), seed=1)
     prot = tmp_path / "prot"
     assert main(["protect", str(src), "--out", str(prot), "--method", "random-classwise", "--quiet"]) == 0
     capsys.readouterr()

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from unlearnable.cli import main
+
+from helpers import random_folder
 from unlearnable.data import load_images
 
 
@@ -276,12 +278,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, capsys, monkeypat
 @pytest.mark.slow
 def test_kill_9_then_resume(tmp_path):
     """A real SIGKILL mid-write, then --resume, gives the same bytes as an uninterrupted run."""
-    src = tmp_path / "in"
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (src / c).mkdir(parents=True)
-        for i in range(600):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    src = random_folder(tmp_path / "in", 600, (32, 32))
     cmd = [sys.executable, "-m", "unlearnable.cli", "protect", str(src), "--method", "random", "--quiet"]
     subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True)
     out = tmp_path / "out"
@@ -377,12 +374,7 @@ def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, 
 
 def test_l2_budget_too_thin_for_large_images_warns(tmp_path, capsys):
     # ℓ2 is a total over the image: on a photo it rounds away. protect still succeeds, but says so.
-    src = tmp_path / "in"
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (src / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (320, 400, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    src = random_folder(tmp_path / "in", 3, (320, 400))
     code, o = run(["protect", src, "--out", tmp_path / "lsp", "--method", "lsp"], capsys)
     assert code == 0
     line = next(ln for ln in o.err.splitlines() if ln.startswith("warning:"))

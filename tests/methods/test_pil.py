@@ -173,14 +173,12 @@ def _autograd_native_attack(im, label, m, eps, hw, seed, index, lam=0.9, steps=3
     """The same attack, one image, with autograd through F.interpolate (independent reference)."""
     import torch.nn.functional as F
 
-    k = m.shape[0]
     x = torch.from_numpy(im).permute(2, 0, 1).float()[None] / 255
     lo, hi = (x - 1).clamp(min=-eps), x.clamp(max=eps)
     resize = lambda t: F.interpolate(t, size=hw, mode="bilinear", antialias=True, align_corners=False)  # noqa: E731
     lx = resize(x).flatten(1) @ m.T
     g = torch.Generator().manual_seed((seed * 1_000_003 + index + 0x5EED) & 0x7FFFFFFFFFFFFFFF)
     d = (torch.rand((3,) + im.shape[:2], generator=g) * 2 * eps - eps)[None].clamp(lo, hi)
-    onehot = torch.eye(k)[[label]]
     for _ in range(steps):
         dd = d.detach().requires_grad_()
         rd = resize(dd).flatten(1)
