@@ -34,10 +34,10 @@ Recipes:
     loss; its translate-2 augmentation is replaced by the defense's crop).
     Target: >= 90 % clean CIFAR-10 in <= 5 s on one H100. Accuracy measured on the CPU
     (fp32, with the ``standard`` pad-4 crop + flip; ``benchmarks/RESULTS.md``): 89.57 % after
-    10 epochs and 89.91 % after 13, so more epochs barely help. The gap to airbench94's 94 %
-    most likely comes from what this recipe leaves out: its translate-2 augmentation (pad-4
-    crops are harsher in a short run), the lookahead EMA of the weights and translate TTA.
-    H100 time still unmeasured.
+    10 epochs and 89.91 % after 13, so more epochs barely help; with airbench's own
+    translate-2 (defense ``standard:pad=2``) 90.16 % after 10. The rest of the gap to
+    airbench94's 94 % is what this recipe leaves out: the lookahead EMA of the weights and
+    translate TTA. H100 time still unmeasured.
 ``cpu-small``
     The small CNN for laptops, CI and the quick start: 15 epochs, batch 128, one-cycle
     SGD, fp32, channels-last. 2k images of 32 px train in about 7 s on 2 CPU cores
