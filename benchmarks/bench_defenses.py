@@ -24,7 +24,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -88,7 +87,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from unlearnable.audit import run_audit
+    from unlearnable.audit import AuditLog, run_audit
+    from unlearnable.errors import UnlearnableError
     from unlearnable.device import describe_device, resolve_device
     from unlearnable.methods import create_method
     from unlearnable.progress import progress_ui
@@ -97,14 +97,10 @@ def main(argv=None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     dev = str(resolve_device(args.device))
-    done = []
-    if args.resume:
-        if not args.json:
-            raise SystemExit("error: --resume needs --json FILE")
-        if Path(args.json).exists():
-            done = json.loads(Path(args.json).read_text())
-    elif args.json and Path(args.json).exists():
-        raise SystemExit(f"error: {args.json} exists; pass --resume to continue it")
+    try:
+        log = AuditLog(args.json, resume=args.resume)
+    except UnlearnableError as e:
+        raise SystemExit(f"error: {e}") from None
     recipe = get_recipe(args.recipe)
     if args.epochs:
         recipe = recipe.replace(epochs=args.epochs)
@@ -118,16 +114,10 @@ def main(argv=None) -> int:
     test = seeded_subset(test, args.test_limit, args.seed + 1)
     print(f"# {len(train)} train / {len(test)} test, {describe_device(dev)}, recipe {recipe.name}", file=sys.stderr)
 
-    records, gen = [], {}
+    gen = {}
 
     def keep(method: str):
-        def on_result(r):
-            records.append({**r, "method": method})
-            if args.json:
-                tmp = Path(args.json + ".partial")
-                tmp.write_text(json.dumps(records, indent=1))
-                tmp.replace(args.json)
-        return on_result
+        return lambda r: log.add({**r, "method": method})
 
     started = time.perf_counter()
     for i, name in enumerate(methods):
@@ -139,8 +129,9 @@ def main(argv=None) -> int:
         with progress_ui(not args.quiet) as ui:
             run_audit(res.protected, test, clean=train, defenses=defenses, arch=None, recipe=recipe.name,
                       epochs=recipe.epochs, seed=args.seed, device=dev, progress=ui, on_result=keep(name),
-                      reuse=done + records)
+                      reuse=log.earlier + log.records)
     wall = time.perf_counter() - started
+    records = log.records
     text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
             f"data: {len(train)} train / {len(test)} test images from {args.data} (load {load_s:.1f} s, not timed); "
             f"victim: recipe {recipe.name}, {recipe.arch}, {recipe.epochs} epochs, batch {recipe.batch_size}; "

@@ -73,6 +73,54 @@ def run_key(*, defense: str, train: str, test: str, recipe: Any, seed: int, size
     return hashlib.blake2b(json.dumps(cfg, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
+class AuditLog:
+    """An audit's records in a JSON file, rewritten after every finished run.
+
+    An existing file is refused unless ``resume`` (its records become reusable) or
+    ``overwrite``; ``reuse`` names other audits' JSON files whose matching runs are taken too.
+    Pass :attr:`earlier` as ``run_audit(reuse=...)`` and :meth:`add` as its ``on_result``.
+    """
+
+    def __init__(self, path: Optional[str] = None, *, resume: bool = False, overwrite: bool = False,
+                 reuse: Sequence[str] = ()):
+        from pathlib import Path
+
+        self.path = Path(path).expanduser() if path else None
+        self.records: List[Dict[str, Any]] = []
+        paths = [Path(p).expanduser() for p in reuse]
+        if resume and self.path is None:
+            raise UnlearnableError("--resume continues the audit written to --json FILE; pass --json")
+        if self.path is not None and self.path.exists():
+            if not (resume or overwrite):
+                raise UnlearnableError(f"{path} exists: pass --resume to continue that audit or --overwrite to "
+                                       "start again")
+            if resume:
+                paths.append(self.path)
+        if self.path is not None and not self.path.parent.is_dir():
+            raise UnlearnableError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
+        self.earlier = [r for p in paths for r in _read_records(p)]
+
+    def add(self, record: Dict[str, Any]) -> None:
+        """Keep ``record`` and rewrite the file (atomically), so an interruption loses only the run in progress."""
+        from .data.save import atomic_write_bytes
+
+        self.records.append(record)
+        if self.path is not None:
+            atomic_write_bytes(self.path, json.dumps(self.records, indent=1).encode())
+
+
+def _read_records(path) -> List[Dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnlearnableError(f"cannot reuse {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnlearnableError(f"cannot reuse {path}: not an audit JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise UnlearnableError(f"cannot reuse {path}: expected a JSON list of audit records")
+    return data
+
+
 def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] = None,
               defenses: Sequence[str] = ("standard",), arch: Optional[str] = None, recipe: str = "paper",
               epochs: Optional[int] = None, seed: int = 0, device: Optional[str] = None,

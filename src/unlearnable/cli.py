@@ -78,14 +78,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import markdown_table, recovered_accuracy, run_audit
+    from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit
     from .data import find_splits, load_images
     from .progress import progress_ui
 
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not defenses:
         raise UnlearnableError("--defenses is empty")
-    reuse = _earlier_records(args)  # before loading anything: a clash with --json fails at once
+    # Before loading anything: a clash with an existing --json fails at once.
+    log = AuditLog(args.json, resume=args.resume, overwrite=args.overwrite, reuse=args.reuse or ())
     from .protect import load_protected
 
     protected = load_protected(args.protected, split="train")
@@ -101,23 +102,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if len(protected) < 500 or len(test) < 200:
         _print(f"warning: {len(protected)} training and {len(test)} test images are few; "
                "accuracies from so few images are noisy and say little about protection")
-    finished: List[Dict[str, Any]] = []
-
-    def keep(record: Dict[str, Any]) -> None:
-        # Written after every run, so an interrupted audit keeps what it finished (--resume).
-        finished.append(record)
-        if args.json:
-            _write_text(args.json, json.dumps(finished, indent=1))
-
     try:
         with progress_ui(not args.quiet) as ui:
             records = run_audit(protected, test, clean=clean, defenses=defenses, arch=args.arch,
                                 recipe=auto_recipe(args.recipe, args.device),
                                 epochs=args.epochs, seed=args.seed, device=args.device, size=args.size,
-                                progress=ui, on_result=keep, reuse=reuse)
+                                progress=ui, on_result=log.add, reuse=log.earlier)
     except KeyboardInterrupt:
-        if args.json and finished:
-            _print(f"{len(finished)} finished runs are in {args.json}; the same command with --resume continues")
+        if args.json and log.records:
+            _print(f"{len(log.records)} finished runs are in {args.json}; the same command with --resume continues")
         raise
     n_reused = sum(1 for r in records if r.get("reused"))
     if n_reused:
@@ -130,31 +123,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if rec:
         _print(f"recovered accuracy: {100 * rec['final_acc']:.2f}% ({rec['defense']})")
     return 0
-
-
-def _earlier_records(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Records of earlier audits to reuse: --reuse files, and with --resume the --json file itself."""
-    paths = list(args.reuse or [])
-    if args.json and Path(args.json).expanduser().exists() and not (args.resume or args.overwrite):
-        raise UnlearnableError(f"{args.json} exists: pass --resume to continue that audit or --overwrite to start again")
-    if args.resume:
-        if not args.json:
-            raise UnlearnableError("--resume continues the audit written to --json FILE; pass --json")
-        if Path(args.json).expanduser().exists():
-            paths.append(args.json)
-    records: List[Dict[str, Any]] = []
-    for path in paths:
-        p = Path(path).expanduser()
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise UnlearnableError(f"cannot reuse {p}: no such file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UnlearnableError(f"cannot reuse {p}: not an audit JSON ({e.__class__.__name__}: {e})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise UnlearnableError(f"cannot reuse {p}: expected a JSON list of audit records")
-        records.extend(data)
-    return records
 
 
 def _aligned_pair(protected_path: str, clean_path: str, split: str):
