@@ -138,6 +138,14 @@ def surrogate_accuracy(w1, w2, x, y, batch_size: int = 8192) -> float:
     return correct / max(1, x.shape[0])
 
 
+def _logit_grad(ld, lx, onehot, lam: float):
+    """∂L/∂(mδ) for logits ``ld = mδ`` and ``lx = mx`` (up to the 1/B of the batch mean): the
+    shortcut term's ``λ (softmax(mδ) − e_y)`` minus the erasing term's ``(1 − λ)(softmax(mx − mδ) − u)``."""
+    torch = _torch()
+    c = (torch.softmax(ld, 1) - onehot).mul_(lam)
+    return c.sub_((torch.softmax(lx - ld, 1) - 1.0 / onehot.shape[1]).mul_(1.0 - lam))
+
+
 def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_size: Optional[float] = None,
                batch_size: int = 4096, seed: int = 0, progress: Progress = None):
     """PIL's per-sample attack against a frozen linear map ``m`` (K × d).
@@ -169,7 +177,6 @@ def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_s
     g = torch.Generator(device="cpu").manual_seed((int(seed) + 0x5EED) & 0x7FFFFFFFFFFFFFFF)
     out = torch.empty((n, d), dtype=torch.float32)
     eye = torch.eye(k, device=m.device)
-    u = 1.0 / k
     mt = m.T.contiguous()
     bs = max(1, int(batch_size))
     for s in range(0, n, bs):
@@ -185,8 +192,7 @@ def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_s
         grad = torch.empty_like(delta)
         for _ in range(int(steps)):
             ld = delta @ mt
-            c = (torch.softmax(ld, 1) - onehot).mul_(lam)
-            c.sub_((torch.softmax(lx - ld, 1) - u).mul_(1.0 - lam))
+            c = _logit_grad(ld, lx, onehot, lam)
             # ∇δ L up to the positive 1/B of the batch mean, which the sign ignores.
             torch.matmul(c, m, out=grad)
             delta.sub_(grad.sign_(), alpha=alpha)
@@ -249,7 +255,6 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     h, w = hw
     alpha = eps / 10.0 if step_size is None else float(step_size)
     eye = torch.eye(k, device=m.device)
-    u = 1.0 / k
     mats: Dict[tuple, Any] = {}
 
     def mat(n_in: int, n_out: int):
@@ -302,8 +307,7 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
         onehot = eye[y[idx]]
         for _ in range(int(steps)):
             ld = (ah @ delta @ aw_t).flatten(1) @ m.T
-            c = (torch.softmax(ld, 1) - onehot).mul_(lam)
-            c.sub_((torch.softmax(lx - ld, 1) - u).mul_(1.0 - lam))
+            c = _logit_grad(ld, lx, onehot, lam)
             g_work = (c @ m).view(B, 3, h, w)  # ∂L/∂R(δ), up to the positive 1/B
             grad = ah_t @ g_work @ aw  # Rᵀ g
             delta.sub_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
@@ -402,26 +406,26 @@ class PIL(Method):
         t1 = time.perf_counter()
         with torch.no_grad():
             m = w2 @ w1
-        native = data.uniform and data.shape_of(0) == (h, w)
-        if self.resize_aware and not native:
+        # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
+        inv = np.empty_like(order)
+        inv[order] = np.arange(n)
+        through_resize = self.resize_aware and not (data.uniform and data.shape_of(0) == (h, w))
+        if through_resize:
             # Canonical order in, canonical order out: the starts are seeded by that position.
-            delta_native = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
-                                             lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,
-                                             device=device, progress=progress)
+            native = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
+                                       lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,
+                                       device=device, progress=progress)
+            t2 = time.perf_counter()
+            neg = [np.negative(native[j]) for j in inv]
+            out: Deltas = np.stack(neg) if data.uniform else neg
         else:
             with torch.no_grad():
                 delta = pil_attack(x, y, m, budget.eps, lam=self.lam, steps=self.steps, step_size=self.step_size,
                                    batch_size=self.attack_batch or _default_attack_batch(device), seed=seed,
                                    progress=progress)
-        t2 = time.perf_counter()
-        # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
-        inv = np.empty_like(order)
-        inv[order] = np.arange(n)
+            t2 = time.perf_counter()
+            out = deltas_to_native(data, delta.neg_().numpy().reshape(n, h, w, 3)[inv], "bilinear")
         self.last_run = {"fit_seconds": t1 - t0, "attack_seconds": t2 - t1, "working_size": (h, w),
                          "surrogate_train_acc": surrogate_accuracy(w1, w2, x, y),
                          "surrogate": (w1.cpu(), w2.cpu())}
-        if self.resize_aware and not native:
-            neg_list = [np.negative(delta_native[j]) for j in inv]
-            return np.stack(neg_list) if data.uniform else neg_list
-        neg = delta.neg_().numpy().reshape(n, h, w, 3)[inv]
-        return deltas_to_native(data, neg, "bilinear")
+        return out
