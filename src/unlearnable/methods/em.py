@@ -130,12 +130,7 @@ class EM(_EMBase):
             delta.uniform_(-budget.eps, budget.eps, generator=g)
             project_(delta, prob.images(), budget)
         s: Dict[str, Any] = dict(round=0, pos=0, sweep=0, theta_done=False, finished=False, history=[])
-        st = ck.load()
-        if st is not None:
-            delta.copy_(st["delta"].to(dev))
-            sur.load_state_dict(st["sur"])
-            g.set_state(st["g"])
-            s = st["loop"]
+        s = ck.restore({"delta": delta}, {"sur": sur}, {"g": g}) or s
         tick = Ticker(progress, self.max_rounds * nb, s["round"] * nb + s["sweep"])
 
         def build():
@@ -223,14 +218,9 @@ class EMClasswise(_EMBase):
         nb = m // bs_sub  # drop_last, as the official loader
         patterns = torch.zeros((k,) + prob.shape, device=dev)
         s: Dict[str, Any] = dict(round=0, sweep=0, theta_done=False, finished=False, history=[], perm=None)
-        st = ck.load()
-        if st is not None:
-            patterns.copy_(st["patterns"].to(dev))
-            sur.load_state_dict(st["sur"])
-            g.set_state(st["g"])
-            s = st["loop"]
-            if s["perm"] is not None:
-                s["perm"] = s["perm"].to(dev)
+        s = ck.restore({"patterns": patterns}, {"sur": sur}, {"g": g}) or s
+        if s["perm"] is not None:
+            s["perm"] = s["perm"].to(dev)
         tick = Ticker(progress, self.max_rounds * nb, s["round"] * nb + s["sweep"])
 
         def build():

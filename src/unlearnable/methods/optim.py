@@ -421,6 +421,22 @@ class Checkpoint:
         self.resumed = True
         return state
 
+    def restore(self, tensors: Optional[Dict[str, Tensor]] = None, modules: Optional[Dict[str, Any]] = None,
+                generators: Optional[Dict[str, torch.Generator]] = None) -> Optional[Dict[str, Any]]:
+        """Load a matching checkpoint into the run's live objects (tensors copied in place on their
+        device, ``load_state_dict`` for surrogates, ``set_state`` for generators) and return its
+        loop state; None when there is nothing to resume."""
+        st = self.load()
+        if st is None:
+            return None
+        for key, t in (tensors or {}).items():
+            t.copy_(st[key].to(t.device))
+        for key, mod in (modules or {}).items():
+            mod.load_state_dict(st[key])
+        for key, g in (generators or {}).items():
+            g.set_state(st[key])
+        return st["loop"]
+
     def save(self, state: Dict[str, Any]) -> None:
         if self.path is None:
             return

@@ -104,15 +104,9 @@ class REM(OptimMethod):
         lim = budget.levels / 255.0
         delta = torch.zeros((n,) + prob.shape, device=dev)
         s: Dict[str, Any] = dict(step=0, perm=None, pos=0, sweep=0)
-        st = ck.load()
-        if st is not None:
-            delta.copy_(st["delta"].to(dev))
-            sur.load_state_dict(st["sur"])
-            for gen, key in ((g_data, "g_data"), (g_aug, "g_aug"), (g_noise, "g_noise")):
-                gen.set_state(st[key])
-            s = st["loop"]
-            if s["perm"] is not None:
-                s["perm"] = s["perm"].to(dev)
+        s = ck.restore({"delta": delta}, {"sur": sur}, {"g_data": g_data, "g_aug": g_aug, "g_noise": g_noise}) or s
+        if s["perm"] is not None:
+            s["perm"] = s["perm"].to(dev)
         tick = Ticker(progress, self.steps + nb_final, s["step"] + s["sweep"])
 
         def build():

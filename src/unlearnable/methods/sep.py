@@ -152,10 +152,7 @@ class SEP(OptimMethod):
         tgt_all = (prob.y + shift) % k
         delta = torch.zeros((n,) + prob.shape, device=dev)
         s: Dict[str, Any] = dict(batch=0)
-        st = ck.load()
-        if st is not None:
-            delta.copy_(st["delta"].to(dev))
-            s = st["loop"]
+        s = ck.restore({"delta": delta}) or s
         tick = Ticker(progress, nb, s["batch"])
 
         def build():

@@ -154,13 +154,7 @@ class TAP(OptimMethod):
         delta = torch.zeros((n,) + prob.shape, device=dev)
         best = torch.zeros_like(delta) if restarts > 1 else None
         s: Dict[str, Any] = dict(restart=0, batch=0, score=0.0, best_score=math.inf, best_restart=-1)
-        st = ck.load()
-        if st is not None:
-            delta.copy_(st["delta"].to(dev))
-            if best is not None:
-                best.copy_(st["best"].to(dev))
-            g.set_state(st["g"])
-            s = st["loop"]
+        s = ck.restore({"delta": delta, **({"best": best} if best is not None else {})}, generators={"g": g}) or s
         tick = Ticker(progress, restarts * nb, s["restart"] * nb + s["batch"])
 
         def build():
