@@ -2,13 +2,16 @@
 """The resolution policy on mixed-size images: does a protection survive the trainer's resize?
 
 Builds "photos" from a seeded CIFAR-10 subset by upscaling every image (bicubic) to its own
-random size in [--min-side, --max-side], protects them with one method under each policy, and
-trains a victim at each ``--victim-sizes`` side (the audit resizes with antialiased bilinear,
-as Pillow and torchvision do). Policies, for PIL:
+random size in [--min-side, --max-side], protects them with one method under each policy (the
+method's ``resize`` field, :mod:`unlearnable.methods.resolution`), and trains a victim at each
+``--victim-sizes`` side (the audit resizes with antialiased bilinear, as Pillow and torchvision
+do). Policies:
 
-* ``upsample``: δ optimised at the working size (32²) and upsampled bilinearly to each image
-  (``resize_aware=False``);
-* ``resize-aware``: δ optimised at native size through the resize to 32² (the default).
+* ``bilinear``: δ optimised at the working size (32²) and upsampled bilinearly to each image;
+* ``through``: δ optimised at native size through the resize to 32² (for EM and REM, the
+  min-min loop runs at 32² and the last δ-phase at native size).
+
+``--param NAME=VALUE`` passes further hyperparameters (e.g. a small surrogate for a CPU run of EM).
 
 Prints one Markdown table (victim side × training data → final and best clean test accuracy)
 and with ``--record`` appends it to ``benchmarks/RESULTS.md`` under ``## Resolution policy``.
@@ -30,9 +33,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
 
-POLICIES = {"upsample": {"resize_aware": False}, "resize-aware": {"resize_aware": True}}
-
-
 def mixed_sizes(data, lo: int, hi: int, seed: int):
     """Every image upscaled (bicubic) to its own random size in [lo, hi] per side."""
     from PIL import Image
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--method", default="pil")
-    ap.add_argument("--policies", default="upsample,resize-aware")
+    ap.add_argument("--policies", default="bilinear,through")
+    ap.add_argument("--param", action="append", metavar="NAME=VALUE", help="method hyperparameter (repeatable)")
     ap.add_argument("--limit", type=int, default=5000)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--min-side", type=int, default=40)
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     import torch
 
     from unlearnable.audit import run_audit
+    from unlearnable.cli import parse_params
     from unlearnable.device import describe_device, resolve_device
     from unlearnable.methods import create_method
 
@@ -75,10 +77,10 @@ def main(argv=None) -> int:
     train, test = load_splits(args.data)
     train = mixed_sizes(seeded_subset(train, args.limit, args.seed), args.min_side, args.max_side, args.seed + 2)
     test = mixed_sizes(seeded_subset(test, args.test_limit, args.seed + 1), args.min_side, args.max_side, args.seed + 3)
-    sets, notes = {"clean": train}, []
+    sets, notes, extra = {"clean": train}, [], parse_params(args.param)
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         t = time.perf_counter()
-        res = create_method(args.method, **POLICIES[policy]).protect(train, seed=args.seed, device=dev)
+        res = create_method(args.method, resize=policy, **extra).protect(train, seed=args.seed, device=dev)
         sets[policy] = res.protected
         notes.append(f"- {policy}: protected in {time.perf_counter() - t:.1f} s; native mean |Δ| "
                      f"{res.norms['mean_abs']['mean']:.2f} grey levels, ℓ∞ max {res.norms['linf']['max']:.0f}")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
             print(rows[-1], file=sys.stderr, flush=True)
     text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
             f"data: {len(train)} train / {len(test)} test CIFAR-10 images, each upscaled (bicubic) to its own size in "
-            f"[{args.min_side}, {args.max_side}]²; method {args.method}; victim recipe {args.recipe}"
+            f"[{args.min_side}, {args.max_side}]²; method {args.method} {extra or ''}; victim recipe {args.recipe}"
             f"{f' ({args.epochs} epochs)' if args.epochs else ''}, defense {args.defense}, trained and tested at "
             f"the victim side (antialiased bilinear resize); seed {args.seed}\n"
             + "\n".join(notes) + "\n\n| victim side | trained on | final acc % | best acc % | train s |\n|---|---|---|---|---|\n"

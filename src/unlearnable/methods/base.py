@@ -55,14 +55,13 @@ def deltas_to_native(data: ImageSet, deltas: np.ndarray, mode: str = "bilinear")
     """Working-size perturbations ``(N, h, w, C)`` (input order) → one δ per image at its native size.
 
     A stacked array for uniform sets (resized when the working size differs: e.g. a set of
-    224-px photos worked at 32²), a list for mixed sizes.
+    224-px photos worked at 32²), a list for mixed sizes. Methods that can make δ on the native
+    pixels instead do so (``resize="through"``, :mod:`unlearnable.methods.resolution`).
     """
-    if data.uniform:
-        native = data.shape_of(0) if len(data) else deltas.shape[1:3]
-        if tuple(deltas.shape[1:3]) == tuple(native):
-            return np.ascontiguousarray(deltas, dtype=np.float32)
-        return np.stack([resize_delta(d, native, mode) for d in deltas]).astype(np.float32)
-    return [resize_delta(deltas[i], data.shape_of(i), mode).astype(np.float32) for i in range(len(deltas))]
+    if data.uniform and len(data) and tuple(deltas.shape[1:3]) == tuple(data.shape_of(0)):
+        return np.ascontiguousarray(deltas, dtype=np.float32)
+    out = [resize_delta(deltas[i], data.shape_of(i), mode).astype(np.float32) for i in range(len(deltas))]
+    return np.stack(out) if data.uniform and len(out) else out
 
 
 @dataclass
@@ -136,8 +135,7 @@ class Method:
     def resolution_warning(self, data: ImageSet) -> Optional[str]:
         """A caveat when this method's δ will not be made at the images' own size, else None.
 
-        Methods that optimise per-pixel δ at ``working_size`` and upsample it override this
-        (PIL attacks through the resize instead and needs no caveat)."""
+        Methods that can optimise per-pixel δ at ``working_size`` and upsample it override this."""
         return None
 
     def hyperparameters(self) -> Dict[str, Any]:

@@ -33,8 +33,8 @@ from ..data.imageset import ImageSet, Images
 from . import register_method
 from .base import Deltas, Progress
 from .base import apply_rule
-from .optim import (OptimMethod, Surrogate, Ticker, accuracy, input_grad, make_generator,
-                    project_, signed_step_, to_cpu)
+from .optim import (OptimMethod, Surrogate, Ticker, accuracy, input_grad, make_generator, native_batches,
+                    project_, signed_step_, through_resize, to_cpu, upsampled_start)
 
 __all__ = ["EM", "EMClasswise", "em_faithful_rule"]
 
@@ -104,7 +104,10 @@ class EM(_EMBase):
         max_rounds: cap on rounds (ours; the paper loops until the stop condition).
         random_start: start from U(−ε, ε) instead of 0 (off in the paper's scripts).
         faithful: reproduce the official application (positive half, truncated).
-        working_size: working side for mixed-size sets.
+        working_size: working side for mixed-size or large images.
+        resize: for those, ``through`` (default): after the min-min loop at the working size,
+            one more δ-phase on each image's own pixels through the resize (:class:`OptimMethod`);
+            ``bilinear``: upsample.
         checkpoint_every_s: seconds between checkpoints in ``workdir``.
     """
 
@@ -131,7 +134,8 @@ class EM(_EMBase):
             project_(delta, prob.images(), budget)
         s: Dict[str, Any] = dict(round=0, pos=0, sweep=0, theta_done=False, finished=False, history=[])
         s = ck.restore({"delta": delta}, {"sur": sur}, {"g": g}) or s
-        tick = Ticker(progress, self.max_rounds * nb, s["round"] * nb + s["sweep"])
+        tick = Ticker(progress, self.max_rounds * nb + (native_batches(prob, bs) if prob.through else 0),
+                      s["round"] * nb + s["sweep"])
 
         def build():
             return to_cpu({"delta": delta, "sur": sur.state_dict(), "g": g.get_state(), "loop": dict(s)})
@@ -164,11 +168,15 @@ class EM(_EMBase):
             s["history"] = s["history"] + [acc]
             s.update(round=s["round"] + 1, sweep=0, theta_done=False, finished=acc > 1.0 - self.stop_error)
             ck.maybe_save(build, force=s["finished"] or s["round"] >= self.max_rounds)
+        out = prob.deltas_out(delta) if not prob.through else through_resize(
+            # The last δ-phase once more, on each image's own pixels, seen through the resize.
+            prob, lambda a, idx: input_grad(sur.model.eval(), a, prob.y[idx]), steps=self.pgd_steps, alpha=alpha,
+            budget=budget, start=upsampled_start(prob, delta), batch_size=bs, tick=tick)
         tick.finish()
         self.last_run = {"rounds": s["round"], "stopped": s["finished"], "train_acc": list(s["history"]),
                          "epoch_equivalents": s["round"] * (self.pgd_steps + 1) + s["round"] * self.train_steps * bs / n,
                          "resumed": ck.resumed, "surrogate": sur.model}
-        return prob.deltas_out(delta)
+        return out
 
 
 @register_method("em-classwise")
@@ -183,8 +191,12 @@ class EMClasswise(_EMBase):
     error on the subset (with the class patterns) is below ``stop_error``, or at ``max_rounds``.
 
     Args: as :class:`EM`, plus ``subset_fraction`` (0.2: the 10k-image subset on CIFAR-10), and
-    ``pgd_steps`` defaults to 1.
+    ``pgd_steps`` defaults to 1. A class pattern is one δ shared by images of every size, so on
+    mixed-size sets it is upsampled (``resize="bilinear"``, the only mode).
     """
+
+    resize: str = "bilinear"
+    resize_modes = ("bilinear",)
 
     pgd_steps: int = 1
     max_rounds: int = 100

@@ -37,11 +37,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ from .base import working_size as _working_size
 __all__ = [
     "Problem", "prepare", "project_", "signed_step_", "round_to_levels", "input_grad", "pgd_rho",
     "uniform_rho", "Surrogate", "train_clean_surrogate", "accuracy", "mean_loss", "Checkpoint",
-    "Ticker", "run_signature", "crop_flip", "forward", "OptimMethod",
+    "Ticker", "run_signature", "crop_flip", "forward", "OptimMethod", "through_resize", "upsampled_start",
+    "native_batches",
 ]
 
 Tensor = torch.Tensor
@@ -74,6 +76,10 @@ class Problem:
         order: ``order[i]`` = input index of canonical position ``i``.
         num_classes: K.
         device: torch device.
+        resize: how δ reaches each image's own size when the set is worked at another size:
+            ``through`` (the method makes δ at native size, :func:`through_resize`) or
+            ``bilinear`` (:meth:`deltas_out` upsamples the working δ).
+        eps: the ℓ∞ radius.
     """
 
     data: ImageSet
@@ -82,6 +88,8 @@ class Problem:
     order: np.ndarray
     num_classes: int
     device: torch.device
+    resize: str = "bilinear"
+    eps: Optional[float] = None
 
     @property
     def n(self) -> int:
@@ -94,6 +102,13 @@ class Problem:
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def through(self) -> bool:
+        """Whether δ is made on each image's own pixels through the resize (:func:`through_resize`):
+        ``resize == "through"`` and the set is worked at another size than its own."""
+        native = self.data.uniform and len(self.data) and tuple(self.data.shape_of(0)) == tuple(self.shape[1:])
+        return self.resize == "through" and not native
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -127,11 +142,13 @@ class Problem:
         return h.hexdigest()
 
 
-def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this method") -> Problem:
+def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this method", resize: str = "bilinear",
+            eps: Optional[float] = None) -> Problem:
     """Put ``data`` on ``device`` as uint8 NCHW in canonical order, at its working size.
 
     Uniform sets of side ≤ 64 run natively; others are resized to ``working``² (base
-    ``working_size`` policy) and their δ resized back by :meth:`Problem.deltas_out`.
+    ``working_size`` policy) and their δ brought back to native size by
+    :meth:`Problem.deltas_out` (``resize="bilinear"``) or made there by :func:`through_resize`.
     """
     labels = data.require_labels(f"method {what!r}")
     dev = torch.device(device)
@@ -141,7 +158,7 @@ def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this me
     x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(dev)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[order]).to(dev)
     k = max(int(data.num_classes), int(labels.max()) + 1 if len(labels) else 1)
-    return Problem(data=data, x=x, y=y, order=order, num_classes=k, device=dev)
+    return Problem(data=data, x=x, y=y, order=order, num_classes=k, device=dev, resize=resize, eps=eps)
 
 
 # -- projection and steps --------------------------------------------------------------------
@@ -382,6 +399,90 @@ def train_clean_surrogate(problem: Problem, *, arch: str, recipe: Any, epochs: O
     return model, res
 
 
+# -- δ on each image's own pixels, optimised through the resize ------------------------------
+GradFn = Callable[[Tensor, Tensor], Any]
+
+
+def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, budget: Budget,
+                   start: Callable[[Tensor, Tensor], Tensor], batch_size: int = 512, restarts: int = 1,
+                   post: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None,
+                   tick: Optional[Callable[[], None]] = None) -> Deltas:
+    """Signed-gradient δ optimisation on each image's own pixels, the surrogate seeing the
+    trainer's resize ``R(x + δ) = R(x) + R(δ)`` at the working size.
+
+    Used when a set runs at a working size other than its own (mixed sizes, large photos):
+    a δ optimised at the working size and upsampled is blurred away by a trainer's own
+    downsampling (measured, ``benchmarks/RESULTS.md``, "Resolution policy"). Images are
+    processed once, in batches of similar sizes (:func:`~unlearnable.methods.resolution.size_batches`).
+
+    Args:
+        prob: the problem (its ``order`` gives the canonical index of each image).
+        grad_fn: ``grad_fn(a, idx)`` → ∇ of the loss to *descend* at the working-size input
+            ``a = R(x + δ)`` for canonical indices ``idx``; or ``(∇, loss)`` to rank restarts.
+        steps: signed steps per image (per restart).
+        alpha: step size in [0, 1] units.
+        budget: the ℓ∞ budget; δ stays in it and in ``x + δ ∈ [0, 1]`` at native size.
+        start: ``start(d0, idx)`` → the initial native δ, given ``d0`` (zeros, padded shape).
+        batch_size: images per batch (also bounded by ``NATIVE_PIXELS`` padded pixels).
+        restarts: independent starts per batch; the one with the lowest final loss is kept.
+        post: ``post(d, lo, hi)`` applied to the final δ (REM's rounding to grey levels).
+        tick: called after each batch (progress).
+
+    Returns:
+        One float32 HWC δ per image, input order, native sizes (stacked for uniform sets).
+    """
+    from .resolution import PaddedResize, size_batches
+
+    images = [prob.data.image(int(i)) for i in prob.order]
+    hw = tuple(prob.shape[1:])
+    out: list = [None] * prob.n
+    cache: Dict[Tuple[int, int], Tensor] = {}
+    for batch in size_batches([im.shape[:2] for im in images], max(1, int(batch_size))):
+        idx = torch.as_tensor(batch, device=prob.device)
+        b = PaddedResize([images[i] for i in batch], hw, prob.device, cache)
+        lo, hi = b.bounds(budget.eps)
+        xw = b.down(b.x)  # R(x): the resize of the exact native pixels
+        best, best_loss = None, math.inf
+        for _ in range(max(1, int(restarts))):
+            d = torch.minimum(torch.maximum(start(torch.zeros_like(b.x), idx), lo), hi)
+            loss = math.inf
+            for _ in range(int(steps)):
+                r = grad_fn(xw + b.down(d), idx)
+                g, loss = (r[0], float(r[1])) if isinstance(r, tuple) else (r, loss)
+                d = torch.minimum(torch.maximum(d - alpha * b.up(g).sign(), lo), hi)
+            if best is None or loss < best_loss:
+                best, best_loss = d, loss
+        if post is not None:
+            best = post(best, lo, hi)
+        for j, i in enumerate(batch):
+            out[int(prob.order[i])] = b.crop(best, j)
+        if tick is not None:
+            tick()
+    if prob.data.uniform and out:
+        return np.stack(out)
+    return out
+
+
+def upsampled_start(prob: Problem, delta: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """A :func:`through_resize` start: the working-size δ (canonical order) upsampled bilinearly."""
+
+    def start(d0: Tensor, idx: Tensor) -> Tensor:
+        for j, i in enumerate(idx.tolist()):
+            H, W = prob.data.shape_of(int(prob.order[i]))
+            d0[j, :, :H, :W] = F.interpolate(delta[i:i + 1].float(), size=(H, W), mode="bilinear",
+                                             align_corners=False)[0]
+        return d0
+
+    return start
+
+
+def native_batches(prob: Problem, batch_size: int) -> int:
+    """How many batches :func:`through_resize` will take (for progress totals)."""
+    from .resolution import size_batches
+
+    return len(size_batches([prob.data.shape_of(int(i)) for i in prob.order], max(1, int(batch_size))))
+
+
 # -- checkpoint / resume ---------------------------------------------------------------------
 def run_signature(method: "Method", budget: Budget, seed: int, problem: Problem,
                   ignore: Sequence[str] = ("checkpoint_every_s",)) -> str:
@@ -499,24 +600,35 @@ class OptimMethod(Method):
     """Common fields of the optimising baselines (subclasses add their paper's hyperparameters).
 
     Fields shared by all: ``surrogate`` (model registry name; ``small-cnn`` for CPU tests),
-    ``working_size`` (side of the working resolution for mixed-size sets) and
-    ``checkpoint_every_s`` (seconds between checkpoints in ``workdir``; does not change the
-    result and is not part of the resume signature).
+    ``working_size`` (side of the working resolution for mixed-size or large images),
+    ``resize`` (for such sets, how δ reaches each image's own pixels: ``through``, the method's
+    δ-objective optimised on the native pixels with the surrogate seeing the trainer's resize,
+    :func:`through_resize`; or ``bilinear`` upsampling of the working δ, which that resize blurs
+    away) and ``checkpoint_every_s`` (seconds between checkpoints in ``workdir``; not part of
+    the resume signature since it does not change the result).
     """
+
+    resize: str = "through"
+    #: The ``resize`` values a method supports (class-wise patterns cannot be per-image).
+    resize_modes: ClassVar[Tuple[str, ...]] = ("through", "bilinear")
 
     def resolution_warning(self, data: ImageSet) -> Optional[str]:
         hw = _working_size(data, int(getattr(self, "working_size", 32)))
-        if data.uniform and len(data) and data.shape_of(0) == hw:
+        if self.resize == "through" or (data.uniform and len(data) and data.shape_of(0) == hw):
             return None
         return (f"warning: {self.registry_name} optimises δ at {hw[0]}x{hw[1]} and upsamples it to these images' "
-                "sizes; measured for PIL, an upsampled δ no longer protects against a trainer who resizes the "
-                "images (benchmarks/RESULTS.md, 'Resolution policy'); pil attacks through the resize")
+                "sizes; a trainer's resize blurs an upsampled δ away (benchmarks/RESULTS.md, 'Resolution policy')"
+                + ("; resize=through avoids this" if "through" in self.resize_modes else ""))
 
     def _start(self, data: ImageSet, budget: Budget, seed: int, device: str, workdir: Optional[str],
                name: Optional[str] = None) -> Tuple[Problem, Checkpoint]:
         if budget.norm != "linf":
             raise UnlearnableError(f"{self.registry_name}: only ℓ∞ budgets are implemented")
-        prob = prepare(data, device, int(getattr(self, "working_size", 32)), self.registry_name)
+        if self.resize not in self.resize_modes:
+            raise UnlearnableError(f"{self.registry_name}: resize must be one of {', '.join(self.resize_modes)}, "
+                                   f"got {self.resize!r}")
+        prob = prepare(data, device, int(getattr(self, "working_size", 32)), self.registry_name, self.resize,
+                       budget.eps)
         sig = run_signature(self, budget, seed, prob, ignore=("checkpoint_every_s",))
         ck = Checkpoint(workdir, name or self.registry_name, sig, float(getattr(self, "checkpoint_every_s", 300.0)))
         return prob, ck

@@ -19,11 +19,11 @@ at ε = 8/255).
 Resolution policy: a set whose images all share one size of at most 64 px runs at that native
 size. Other sets (mixed sizes, large photos) are resized (bilinear, antialiased when shrinking)
 to ``working_size``² to fit the surrogate. The attack then runs on each image's native pixels,
-with the surrogate seeing them through that same resize (``resize_aware``, the default): δ is
+with the surrogate seeing them through that same resize (``resize="through"``, the default): δ is
 a shortcut for a trainer who resizes to the working size. Measured with
 ``benchmarks/bench_resolution.py`` (5,000 CIFAR-10 images upscaled to mixed sizes of 40-72 px,
 small CNN without augmentation, clean test accuracy): at 32 px, clean 59.4 %, δ upsampled from
-32² 58.4 %, resize-aware 34.1 %; at 64 px, 55.6 / 53.6 / 13.2 %. The trainer's antialiased
+32² 58.4 %, through the resize 34.1 %; at 64 px, 55.6 / 53.6 / 13.2 %. The trainer's antialiased
 downsampling blurs an upsampled δ away. The base class projects, quantises and verifies the
 budget at native size.
 
@@ -58,6 +58,7 @@ from ..errors import UnlearnableError
 from . import register_method
 from .base import Deltas, Method, Progress, deltas_to_native
 from .base import working_size as _working_size
+from .resolution import RESIZE_MODES, PaddedResize, resize_matrix, size_batches
 
 __all__ = ["PIL", "fit_surrogate", "pil_attack", "surrogate_accuracy", "SURROGATE_FITS"]
 
@@ -203,26 +204,6 @@ def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_s
     return out
 
 
-#: Native pixels per batch of :func:`pil_attack_native` (a few float copies of 3 × this stay in memory).
-_NATIVE_PIXELS = 2**22
-
-
-def resize_matrix(n_in: int, n_out: int, device="cpu"):
-    """``A`` (n_out × n_in): one axis of the antialiased bilinear resize (Pillow's ``BILINEAR``,
-    torchvision's ``Resize``; within a grey level of Pillow). The 2-D resize is separable:
-    ``R(δ) = A_h · δ · A_wᵀ`` per channel, and its adjoint is ``A_hᵀ · g · A_w``."""
-    torch = _torch()
-    import torch.nn.functional as F
-
-    if n_in == n_out:
-        return torch.eye(n_in, device=device)
-    # Channel c holds the unit signal e_c along H. The dummy width is 2: torch's antialiased
-    # kernel takes another path for a width of 1 and then differs from its 2-D resize.
-    eye = torch.eye(n_in).reshape(1, n_in, n_in, 1).expand(1, n_in, n_in, 2).contiguous()
-    cols = F.interpolate(eye, size=(n_out, 2), mode="bilinear", antialias=True, align_corners=False)
-    return cols[0, :, :, 0].T.contiguous().to(device)
-
-
 def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: int = 30,
                       step_size: Optional[float] = None, batch_size: int = 1024, seed: int = 0,
                       device: str = "cpu", progress: Progress = None):
@@ -243,7 +224,7 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
         m: ``(K, 3·h·w)`` float32 surrogate map on ``device``.
         eps, lam, steps, step_size: as :func:`pil_attack`.
         hw: the working size ``(h, w)``.
-        batch_size: at most this many images per batch (and at most ``_NATIVE_PIXELS`` padded pixels).
+        batch_size: at most this many images per batch (and at most ``NATIVE_PIXELS`` padded pixels).
         seed: seeds the uniform starts, one generator per image index.
         progress: ``progress(done, total)`` after each batch.
 
@@ -255,65 +236,28 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     h, w = hw
     alpha = eps / 10.0 if step_size is None else float(step_size)
     eye = torch.eye(k, device=m.device)
-    mats: Dict[tuple, Any] = {}
-
-    def mat(n_in: int, n_out: int):
-        if (n_in, n_out) not in mats:
-            mats[(n_in, n_out)] = resize_matrix(n_in, n_out, device)
-        return mats[(n_in, n_out)]
-
-    # Similar sizes batch together; a batch closes before padding would exceed a quarter of it.
-    by_size = sorted(range(n), key=lambda i: images[i].shape[:2])
-    batches, cur, hm, wm, area = [], [], 0, 0, 0
-    for i in by_size:
-        H, W = images[i].shape[:2]
-        nh, nw = max(hm, H), max(wm, W)
-        padded = (len(cur) + 1) * nh * nw
-        if cur and (len(cur) >= batch_size or padded > _NATIVE_PIXELS or padded > 1.25 * (area + H * W)):
-            batches.append(cur)
-            cur, nh, nw, area = [], H, W, 0
-        cur.append(i)
-        hm, wm, area = nh, nw, area + H * W
-    if cur:
-        batches.append(cur)
-
+    cache: Dict[tuple, Any] = {}
     out: list = [None] * n
     done = 0
-    for idx in batches:
+    for idx in size_batches([im.shape[:2] for im in images], batch_size):
         B = len(idx)
-        Hm = max(images[i].shape[0] for i in idx)
-        Wm = max(images[i].shape[1] for i in idx)
-        x = torch.zeros((B, 3, Hm, Wm), device=device)
-        lo = torch.zeros_like(x)
-        hi = torch.zeros_like(x)
-        delta = torch.zeros_like(x)
-        ah = torch.zeros((B, 1, h, Hm), device=device)
-        aw = torch.zeros((B, 1, w, Wm), device=device)
+        b = PaddedResize([images[i] for i in idx], (h, w), device, cache)
+        lo, hi = b.bounds(eps, sign=-1)  # x − δ ∈ [0, 1] and |δ| ≤ ε
+        delta = torch.zeros_like(b.x)
         for j, i in enumerate(idx):
-            H, W = images[i].shape[:2]
-            xi = torch.from_numpy(np.array(images[i], copy=True)).to(device).permute(2, 0, 1).float().div_(255.0)
-            x[j, :, :H, :W] = xi
-            lo[j, :, :H, :W] = (xi - 1.0).clamp_(min=-eps)  # x − δ ≤ 1 and δ ≥ −ε
-            hi[j, :, :H, :W] = xi.clamp(max=eps)  # x − δ ≥ 0 and δ ≤ ε
+            H, W = b.shapes[j]
             g = torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + i + 0x5EED) & 0x7FFFFFFFFFFFFFFF)
             delta[j, :, :H, :W] = (torch.rand((3, H, W), generator=g) * (2 * eps) - eps).to(device)
-            ah[j, 0, :, :H] = mat(H, h)
-            aw[j, 0, :, :W] = mat(W, w)
         delta.clamp_(lo, hi)
-        aw_t = aw.transpose(-1, -2)
-        ah_t = ah.transpose(-1, -2)
-        lx = (ah @ x @ aw_t).flatten(1) @ m.T  # logits of R(x), once
-        del x
+        lx = b.down(b.x).flatten(1) @ m.T  # logits of R(x), once
         onehot = eye[y[idx]]
         for _ in range(int(steps)):
-            ld = (ah @ delta @ aw_t).flatten(1) @ m.T
+            ld = b.down(delta).flatten(1) @ m.T
             c = _logit_grad(ld, lx, onehot, lam)
-            g_work = (c @ m).view(B, 3, h, w)  # ∂L/∂R(δ), up to the positive 1/B
-            grad = ah_t @ g_work @ aw  # Rᵀ g
+            grad = b.up((c @ m).view(B, 3, h, w))  # Rᵀ ∂L/∂R(δ), up to the positive 1/B
             delta.sub_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
         for j, i in enumerate(idx):
-            H, W = images[i].shape[:2]
-            out[i] = delta[j, :, :H, :W].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+            out[i] = b.crop(delta, j)
         done += B
         if progress is not None:
             progress(done, n)
@@ -347,10 +291,10 @@ class PIL(Method):
         surrogate_batch: surrogate batch size (``paper`` fit).
         attack_batch: images per attack batch; ``None`` → 8192 on CUDA, 512 on CPU.
         working_size: side of the working resolution for sets of mixed image sizes.
-        resize_aware: for images worked at another size than their own, optimise δ at native
-            size through the resize to ``working_size`` (:func:`pil_attack_native`) instead of
-            optimising at ``working_size`` and upsampling δ (bilinear), which a trainer's
-            resize blurs away.
+        resize: for images worked at another size than their own, how δ reaches native size
+            (:mod:`unlearnable.methods.resolution`): ``through`` optimises δ at native size
+            through the resize to ``working_size`` (:func:`pil_attack_native`); ``bilinear``
+            optimises at ``working_size`` and upsamples δ, which a trainer's resize blurs away.
         pseudo_classes: k of the k-means pseudo-labels used for unlabelled input.
     """
 
@@ -364,7 +308,7 @@ class PIL(Method):
     surrogate_batch: int = 512
     attack_batch: Optional[int] = None
     working_size: int = 32
-    resize_aware: bool = True
+    resize: str = "through"
     pseudo_classes: int = 10
 
     paper = "Liu, Chen, Zhang, Perturbation-Induced Linearization, ICLR 2026"
@@ -376,6 +320,8 @@ class PIL(Method):
             raise UnlearnableError(f"pil: lam must lie in [0, 1], got {self.lam}")
         if self.steps < 0 or self.surrogate_epochs < 1 or self.surrogate_batch < 1 or self.working_size < 1:
             raise UnlearnableError("pil: steps must be >= 0; surrogate_epochs, surrogate_batch, working_size >= 1")
+        if self.resize not in RESIZE_MODES:
+            raise UnlearnableError(f"pil: resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.attack_batch is not None and self.attack_batch < 1:
             raise UnlearnableError("pil: attack_batch must be positive")
 
@@ -409,8 +355,8 @@ class PIL(Method):
         # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
         inv = np.empty_like(order)
         inv[order] = np.arange(n)
-        through_resize = self.resize_aware and not (data.uniform and data.shape_of(0) == (h, w))
-        if through_resize:
+        native_size = data.uniform and data.shape_of(0) == (h, w)
+        if self.resize == "through" and not native_size:
             # Canonical order in, canonical order out: the starts are seeded by that position.
             native = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
                                        lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,

@@ -36,8 +36,8 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from . import register_method
 from .base import Deltas, Progress
-from .optim import (OptimMethod, Surrogate, Ticker, crop_flip, input_grad, make_generator, pgd_rho, project_,
-                    round_to_levels, signed_step_, to_cpu, uniform_rho)
+from .optim import (OptimMethod, Surrogate, Ticker, crop_flip, input_grad, make_generator, native_batches, pgd_rho,
+                    project_, round_to_levels, signed_step_, through_resize, to_cpu, uniform_rho)
 
 __all__ = ["REM", "SEM"]
 
@@ -60,7 +60,10 @@ class REM(OptimMethod):
         rho_step_size: None → ρ_a/5 (0.8/255).
         eot: augmentation draws per δ step (5).
         final_pass: regenerate every image's noise with the final surrogate (True).
-        working_size: working side for mixed-size sets.
+        working_size: working side for mixed-size or large images.
+        resize: for those, ``through`` (default): the final pass runs on each image's own
+            pixels, the surrogate seeing them through the resize (always, even without
+            ``final_pass``); ``bilinear``: the working δ is upsampled.
         checkpoint_every_s: seconds between checkpoints in ``workdir``.
     """
 
@@ -96,7 +99,7 @@ class REM(OptimMethod):
         rho = float(self.rho)
         rho_alpha = rho / 5.0 if self.rho_step_size is None else float(self.rho_step_size)
         bs = max(2, min(int(self.batch_size), n))
-        nb_final = math.ceil(n / bs) if self.final_pass else 0
+        nb_final = native_batches(prob, bs) if prob.through else math.ceil(n / bs) if self.final_pass else 0
         sur = Surrogate(self.surrogate, prob, seed=seed, lr=self.lr, momentum=self.momentum,
                         weight_decay=self.weight_decay)
         g_data, g_aug, g_noise = (make_generator(dev, seed, i) for i in (11, 12, 13))
@@ -121,14 +124,16 @@ class REM(OptimMethod):
             def inner(v, t):
                 return uniform_rho(v, rho, g_aug)
 
+        def grad_fn(a, yb):
+            return input_grad(model, a, yb, eot=self.eot, augment=aug, generator=g_aug, inner=inner)
+
         def defend(x01, yb):
             """The defender: fresh uniform start, PGD descent with EOT and inner ρ; grey levels."""
             model.eval()
             d = torch.empty_like(x01).uniform_(-eps, eps, generator=g_noise)
             project_(d, x01, budget)
             for _ in range(int(self.pgd_steps)):
-                grad = input_grad(model, x01 + d, yb, eot=self.eot, augment=aug, generator=g_aug, inner=inner)
-                signed_step_(d, grad, alpha, x01, budget)
+                signed_step_(d, grad_fn(x01 + d, yb), alpha, x01, budget)
             d = round_to_levels(d).clamp_(-lim, lim)  # REM stores round(255·δ) as int8
             return project_(d, x01, budget)  # exact on the grey-level grid: x is k/255
 
@@ -147,7 +152,13 @@ class REM(OptimMethod):
             s["step"] = step + 1
             tick()
             ck.maybe_save(build, force=s["step"] == self.steps)
-        while s["sweep"] < nb_final:  # final pass: every image, in order, final surrogate
+        if prob.through:  # the final pass on each image's own pixels, through the resize
+            model.eval()
+            out = through_resize(
+                prob, lambda a, idx: grad_fn(a, prob.y[idx]), steps=self.pgd_steps, alpha=alpha, budget=budget,
+                start=lambda d0, idx: d0.uniform_(-eps, eps, generator=g_noise), batch_size=bs, tick=tick,
+                post=lambda d, lo, hi: torch.minimum(torch.maximum(round_to_levels(d).clamp_(-lim, lim), lo), hi))
+        while not prob.through and s["sweep"] < nb_final:  # final pass: every image, in order, final surrogate
             sl = slice(s["sweep"] * bs, min(n, (s["sweep"] + 1) * bs))
             delta[sl] = defend(prob.images(sl), prob.y[sl])
             s["sweep"] += 1
@@ -159,7 +170,7 @@ class REM(OptimMethod):
                          "epoch_equivalents": (s["step"] * bs + n * bool(nb_final)) / n
                          * (self.pgd_steps * self.eot * ((self.rho_steps if self.inner_mode == "pgd" else 0) + 1))
                          + s["step"] * bs / n * (self.rho_steps + 1)}
-        return prob.deltas_out(delta)
+        return out if prob.through else prob.deltas_out(delta)
 
 
 @register_method("sem")

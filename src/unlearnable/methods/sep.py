@@ -45,7 +45,7 @@ from ..train.recipes import Recipe
 from . import register_method
 from .base import Deltas, Progress, ProtectedSet
 from .base import apply_rule
-from .optim import (Checkpoint, OptimMethod, Ticker, forward, signed_step_, to_cpu,
+from .optim import (Checkpoint, OptimMethod, Ticker, forward, native_batches, signed_step_, through_resize, to_cpu,
                     train_clean_surrogate)
 from .tap import surrogate_from_recipe
 
@@ -88,7 +88,10 @@ class SEP(OptimMethod):
         batch_size: images per gradient batch (any: the objective is per-sample and BN is in
             eval mode; the official jobs use blocks of 5000).
         faithful: reproduce the official truncating application (may exceed ε by one level).
-        working_size: working side for mixed-size sets.
+        working_size: working side for mixed-size or large images.
+        resize: for those, ``through`` (default): the attack runs on each image's own pixels,
+            the ensemble seeing them through the resize; ``bilinear``: run at the working size
+            and upsample.
         checkpoint_every_s: seconds between checkpoints in ``workdir``.
     """
 
@@ -150,6 +153,25 @@ class SEP(OptimMethod):
         models = self._ensemble(prob, ck_ens, recipe, epochs, picks, seed)
         shift = int(self.target_shift) % k or 1
         tgt_all = (prob.y + shift) % k
+
+        def grad_fn(a, t):
+            a = a.detach().requires_grad_(True)
+            grad = torch.zeros_like(a)
+            for m in models:  # Σ_k ∇ CE(f_k(x + δ), π(y)); the 1/N does not change the sign
+                (gk,) = torch.autograd.grad(F.cross_entropy(forward(m, a), t), a)
+                grad.add_(gk)
+            return grad
+
+        self.last_run = {"passes": int(self.steps) * len(models), "checkpoint_epochs": picks,
+                         "num_checkpoints": len(models), "surrogate": models[-1], "resumed": ck.resumed,
+                         "targets": f"y+{shift} mod K", "surrogate_train": self._train_info}
+        if prob.through:
+            tick = Ticker(progress, native_batches(prob, bs))
+            out = through_resize(prob, lambda a, idx: grad_fn(a, tgt_all[idx]), steps=self.steps,
+                                 alpha=float(self.step_size), budget=budget, start=lambda d0, idx: d0,
+                                 batch_size=bs, tick=tick)
+            tick.finish()
+            return out
         delta = torch.zeros((n,) + prob.shape, device=dev)
         s: Dict[str, Any] = dict(batch=0)
         s = ck.restore({"delta": delta}) or s
@@ -162,19 +184,12 @@ class SEP(OptimMethod):
             sl = slice(s["batch"] * bs, min(n, (s["batch"] + 1) * bs))
             x01, t, d = prob.images(sl), tgt_all[sl], delta[sl]
             for _ in range(int(self.steps)):
-                a = (x01 + d).requires_grad_(True)
-                grad = torch.zeros_like(a)
-                for m in models:  # Σ_k ∇ CE(f_k(x + δ), π(y)); the 1/N does not change the sign
-                    (gk,) = torch.autograd.grad(F.cross_entropy(forward(m, a), t), a)
-                    grad.add_(gk)
-                signed_step_(d, grad, float(self.step_size), x01, budget)
+                signed_step_(d, grad_fn(x01 + d, t), float(self.step_size), x01, budget)
             s["batch"] += 1
             tick()
             ck.maybe_save(build, force=s["batch"] == nb)
         tick.finish()
-        self.last_run = {"passes": int(self.steps) * len(models), "checkpoint_epochs": picks,
-                         "num_checkpoints": len(models), "surrogate": models[-1], "resumed": ck.resumed,
-                         "targets": f"y+{shift} mod K", "surrogate_train": self._train_info}
+        self.last_run["resumed"] = ck.resumed
         return prob.deltas_out(delta)
 
     def _ensemble(self, prob, ck_ens: Checkpoint, recipe: Recipe, epochs: int, picks: List[int],

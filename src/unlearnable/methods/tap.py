@@ -43,8 +43,8 @@ from ..data.imageset import ImageSet
 from ..train.recipes import Recipe, get_recipe
 from . import register_method
 from .base import Deltas, Progress
-from .optim import (Checkpoint, OptimMethod, Ticker, crop_flip, input_grad, make_generator, project_, signed_step_,
-                    to_cpu, train_clean_surrogate)
+from .optim import (Checkpoint, OptimMethod, Ticker, crop_flip, input_grad, make_generator, native_batches, project_,
+                    signed_step_, through_resize, to_cpu, train_clean_surrogate)
 
 __all__ = ["TAP", "TAPUntargeted", "TAP_RECIPE", "surrogate_from_recipe", "load_or_train_surrogate"]
 
@@ -103,7 +103,10 @@ class TAP(OptimMethod):
         targeted: π(y) = (y + target_shift) mod K if True, else error-maximising.
         target_shift: the fixed label permutation's offset (1).
         augment: differentiable shift + flip on every forward pass (on in the paper).
-        working_size: working side for mixed-size sets.
+        working_size: working side for mixed-size or large images.
+        resize: for those, ``through`` (default): the attack runs on each image's own pixels,
+            the surrogate seeing them through the resize, restarts ranked per batch;
+            ``bilinear``: run at the working size and upsample.
         checkpoint_every_s: seconds between checkpoints in ``workdir``.
     """
 
@@ -147,10 +150,23 @@ class TAP(OptimMethod):
         aug = crop_flip(4) if self.augment else None
         tgt_all = self.targets(prob.y, k)
         sign = 1.0 if self.targeted else -1.0  # the objective minimised: CE to π(y), or −CE to y
+        targets = "y+%d mod K" % (int(self.target_shift) % k or 1) if self.targeted else "untargeted"
 
         def loss_fn(logits, t):
             return sign * F.cross_entropy(logits, t)
 
+        if prob.through:
+            tick = Ticker(progress, native_batches(prob, bs))
+            out = through_resize(
+                prob, lambda a, idx: input_grad(model, a, tgt_all[idx], loss_fn=loss_fn, augment=aug, generator=g,
+                                                return_loss=True),
+                steps=self.steps, alpha=alpha, budget=budget, restarts=restarts, batch_size=bs, tick=tick,
+                start=lambda d0, idx: d0.normal_(generator=g).mul_(eps))  # ε·N(0, I), clipped
+            tick.finish()
+            self.last_run = {"passes": restarts * int(self.steps), "restarts": restarts, "surrogate_train": info,
+                             "surrogate": model, "resumed": ck.resumed, "targets": targets,
+                             "through_resize": True}
+            return out
         delta = torch.zeros((n,) + prob.shape, device=dev)
         best = torch.zeros_like(delta) if restarts > 1 else None
         s: Dict[str, Any] = dict(restart=0, batch=0, score=0.0, best_score=math.inf, best_restart=-1)
@@ -187,8 +203,7 @@ class TAP(OptimMethod):
         out = best if best is not None else delta
         self.last_run = {"passes": restarts * int(self.steps), "restarts": restarts, "best_restart": s["best_restart"],
                          "best_score": s["best_score"], "surrogate_train": info, "surrogate": model,
-                         "resumed": ck.resumed, "targets": "y+%d mod K" % (int(self.target_shift) % k or 1)
-                         if self.targeted else "untargeted"}
+                         "resumed": ck.resumed, "targets": targets}
         return prob.deltas_out(out)
 
 
