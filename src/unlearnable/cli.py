@@ -34,6 +34,12 @@ def _print(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _warnings_only(msg: str) -> None:
+    # --quiet silences progress and information, not what the user must know about the result.
+    if msg.startswith("warning:"):
+        _print(msg)
+
+
 # -- commands ---------------------------------------------------------------------------------
 def cmd_protect(args: argparse.Namespace) -> int:
     from .progress import progress_ui
@@ -44,7 +50,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite, resume=args.resume, npz=args.npz)
     t0 = time.perf_counter()
     with progress_ui(not args.quiet) as ui:
-        manifest = protect_folder(job, progress=ui, log=_print if not args.quiet else (lambda s: None))
+        manifest = protect_folder(job, progress=ui, log=_print if not args.quiet else _warnings_only)
     n = manifest["norms"]
     b = manifest["budget"]
     print(f"protected {manifest['input']['n_images']} images with {manifest['method']} "

@@ -28,6 +28,7 @@ from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
 from .data.imageset import ImageSet
 from .data.save import atomic_write_bytes, atomic_write_json, export_npz, output_names, write_pngs
+from .data.pseudo import pseudo_label_plan, pseudo_label_warning
 from .errors import UnlearnableError, VerificationError
 from .methods import create_method
 from .methods.base import ProtectedSet, measure_set
@@ -205,9 +206,9 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
         per_image = measure_set(data.images, images)
         log(f"reusing protected pixels from the interrupted run ({gen['seconds']:.1f}s of generation)")
     else:
-        caveat = method.resolution_warning(data)
-        if caveat:
-            log(caveat)
+        for caveat in (method.resolution_warning(data), pseudo_label_warning(method, data)):
+            if caveat:
+                log(caveat)
         work = part / _WORK  # the method's own checkpoints (optimising methods resume from them)
         work.mkdir(exist_ok=True)
         result = method.protect(data, budget, seed=job.seed, device=job.device, workdir=str(work),
@@ -300,8 +301,6 @@ def _move_into_place(part: Path, out: Path) -> None:
 def build_manifest(job: ProtectJob, method, budget: Budget, data: ImageSet, names: List[str],
                    per_image: List[Dict[str, float]], out_sha: Dict[int, str], gen: Dict[str, Any]) -> Dict[str, Any]:
     """The manifest of a protect run: what was done, with which versions, how big the change is, every hash."""
-    from .data.pseudo import pseudo_label_plan
-
     head = {
         "method": job.method, "paper": method.paper, "hyperparameters": method.hyperparameters(),
         "budget": budget.to_dict(), "budget_declared_norm": method.budget_norm, "seed": job.seed,

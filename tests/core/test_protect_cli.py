@@ -136,9 +136,11 @@ def test_flat_folder_samplewise_and_classwise_uses_pseudo_labels(tmp_path, capsy
         Image.fromarray(np.full((10, 12, 3), 50 * i, np.uint8)).save(src / f"p{i}.png")
     code, o = run(["protect", src, "--out", tmp_path / "o1", "--method", "random", "--quiet"], capsys)
     assert code == 0, o.err
-    assert (tmp_path / "o1" / "p0.png").exists()
+    assert (tmp_path / "o1" / "p0.png").exists() and o.err == ""  # needs no labels: nothing to say
     code, o = run(["protect", src, "--out", tmp_path / "o2", "--method", "random-classwise", "--quiet"], capsys)
     assert code == 0, o.err
+    # Even --quiet says that clusters of pixels are a weak stand-in for classes (measured).
+    assert o.err.startswith("warning: no class labels: random-classwise") and "class folders" in o.err
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert manifest["labels_used"] == "pseudo"
     assert manifest["pseudo_labels"]["kind"] == "kmeans" and manifest["pseudo_labels"]["k"] == 3  # 3 images

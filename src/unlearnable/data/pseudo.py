@@ -24,7 +24,7 @@ import numpy as np
 
 from .imageset import ImageSet
 
-__all__ = ["pseudo_labels", "pseudo_label_plan", "image_features", "DEFAULT_K"]
+__all__ = ["pseudo_labels", "pseudo_label_plan", "pseudo_label_warning", "image_features", "DEFAULT_K"]
 
 DEFAULT_K = 10
 
@@ -106,3 +106,14 @@ def pseudo_label_plan(method: Any, data: ImageSet) -> Optional[Dict[str, Any]]:
     k = int(getattr(method, "pseudo_classes", DEFAULT_K))
     return {"kind": "kmeans", "k_requested": k, "k": max(1, min(k, len(data))),
             "features": "16x16 pixels, standardised, PCA 64", "reference": "Zhang et al., Unlearnable Clusters, CVPR 2023"}
+
+
+def pseudo_label_warning(method: Any, data: ImageSet) -> Optional[str]:
+    """What to tell a user who protects an unlabelled set with a method that needs labels."""
+    plan = pseudo_label_plan(method, data)
+    if plan is None:
+        return None
+    return (f"warning: no class labels: {getattr(method, 'registry_name', 'the method')} protects against "
+            f"{plan['k']} k-means clusters of the pixels; on CIFAR-10 that left victims within a point of clean "
+            "accuracy (benchmarks/RESULTS.md, 'PIL'); put the images in class folders (root/<class>/<file>) "
+            "for real protection")
