@@ -191,6 +191,32 @@ def test_resume_equals_uninterrupted(name, k, tmp_path):
     assert not other.last_run["resumed"]
 
 
+@pytest.mark.parametrize("name", ["em", "rem"])
+def test_resume_during_the_native_pass_equals_uninterrupted(name, tmp_path):
+    # On mixed sizes the last phase runs through the resize and is not checkpointed: an
+    # interruption there resumes from the working-size checkpoint and replays it exactly.
+    data = tiny(n=12, mixed=True)
+    kw = dict(checkpoint_every_s=0.0, working_size=8, batch_size=4)
+
+    def images(res):
+        return [res.protected.image(i) for i in range(len(data))]
+
+    full = images(small(name, **kw).protect(data, seed=2))
+    calls = []
+
+    def interrupt(done, total):
+        calls.append(done)
+        if done == total - 1:  # inside the native pass: its batches are the last ticks
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        small(name, **kw).protect(data, seed=2, workdir=str(tmp_path), progress=interrupt)
+    m = small(name, **kw)
+    resumed = images(m.protect(data, seed=2, workdir=str(tmp_path)))
+    assert m.last_run["resumed"]
+    assert all((a == b).all() for a, b in zip(full, resumed))
+
+
 def test_engine_projection_keeps_budget_and_image_range():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 8, 8, generator=g)
