@@ -156,6 +156,15 @@ def test_through_resize_moves_what_the_trainer_sees_more_than_an_upsampled_delta
     assert margin(native) - clean > 1.3 * (margin(upsampled) - clean) > 0
 
 
+@pytest.mark.parametrize("name,resize", [("tap", "lift"), ("em-classwise", "through"), ("pil", "nearest")])
+def test_unknown_resize_fails_at_creation(name, resize):
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.methods import create_method
+
+    with pytest.raises(UnlearnableError, match="resize must be one of"):
+        create_method(name, resize=resize)
+
+
 def test_through_resize_is_order_independent_on_mixed_sizes():
     data = tiny(n=12, mixed=True)
     perm = np.random.default_rng(5).permutation(12)

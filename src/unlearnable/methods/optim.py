@@ -612,6 +612,11 @@ class OptimMethod(Method):
     #: The ``resize`` values a method supports (class-wise patterns cannot be per-image).
     resize_modes: ClassVar[Tuple[str, ...]] = ("through", "bilinear")
 
+    def __post_init__(self) -> None:
+        if self.resize not in self.resize_modes:  # at creation: before any data is read
+            raise UnlearnableError(f"{self.registry_name}: resize must be one of {', '.join(self.resize_modes)}, "
+                                   f"got {self.resize!r}")
+
     def resolution_warning(self, data: ImageSet) -> Optional[str]:
         hw = _working_size(data, int(getattr(self, "working_size", 32)))
         if self.resize == "through" or (data.uniform and len(data) and data.shape_of(0) == hw):
@@ -624,9 +629,6 @@ class OptimMethod(Method):
                name: Optional[str] = None) -> Tuple[Problem, Checkpoint]:
         if budget.norm != "linf":
             raise UnlearnableError(f"{self.registry_name}: only ℓ∞ budgets are implemented")
-        if self.resize not in self.resize_modes:
-            raise UnlearnableError(f"{self.registry_name}: resize must be one of {', '.join(self.resize_modes)}, "
-                                   f"got {self.resize!r}")
         prob = prepare(data, device, int(getattr(self, "working_size", 32)), self.registry_name, self.resize,
                        budget.eps)
         sig = run_signature(self, budget, seed, prob, ignore=("checkpoint_every_s",))

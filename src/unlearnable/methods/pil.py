@@ -313,6 +313,9 @@ class PIL(Method):
 
     paper = "Liu, Chen, Zhang, Perturbation-Induced Linearization, ICLR 2026"
 
+    def __post_init__(self) -> None:
+        self._check()  # a bad hyperparameter fails at creation, before any data is read
+
     def _check(self) -> None:
         if self.surrogate_fit not in SURROGATE_FITS:
             raise UnlearnableError(f"pil: surrogate_fit must be one of {', '.join(SURROGATE_FITS)}, got {self.surrogate_fit!r}")
