@@ -603,8 +603,8 @@ class OptimMethod(Method):
     ``working_size`` (side of the working resolution for mixed-size or large images),
     ``resize`` (for such sets, how δ reaches each image's own pixels: ``through``, the method's
     δ-objective optimised on the native pixels with the surrogate seeing the trainer's resize,
-    :func:`through_resize`; or ``bilinear`` upsampling of the working δ, which that resize blurs
-    away) and ``checkpoint_every_s`` (seconds between checkpoints in ``workdir``; not part of
+    :func:`through_resize`; or ``bilinear`` upsampling of the working δ, which that resize blurs:
+    measured, PIL's protection vanishes and EM's weakens) and ``checkpoint_every_s`` (seconds between checkpoints in ``workdir``; not part of
     the resume signature since it does not change the result).
     """
 
@@ -622,7 +622,8 @@ class OptimMethod(Method):
         if self.resize == "through" or (data.uniform and len(data) and data.shape_of(0) == hw):
             return None
         return (f"warning: {self.registry_name} optimises δ at {hw[0]}x{hw[1]} and upsamples it to these images' "
-                "sizes; a trainer's resize blurs an upsampled δ away (benchmarks/RESULTS.md, 'Resolution policy')"
+                "sizes; a trainer's resize blurs an upsampled δ, which can undo the protection (benchmarks/RESULTS.md, "
+                "'Resolution policy')"
                 + ("; resize=through avoids this" if "through" in self.resize_modes else ""))
 
     def _start(self, data: ImageSet, budget: Budget, seed: int, device: str, workdir: Optional[str],

@@ -10,9 +10,9 @@ So what the trainer sees of a native-size δ is ``R(δ)``, and there are two way
 * ``through`` (the default): optimise the native δ directly, the surrogate seeing
   ``R(x + δ) = R(x) + R(δ)`` and the gradient pulled back by ``Rᵀ``
   (:func:`~unlearnable.methods.pil.pil_attack_native`, :func:`~unlearnable.methods.optim.through_resize`).
-* ``bilinear``: optimise at the working size and upsample. Cheap, but ``R`` blurs the δ away:
-  measured for PIL (``benchmarks/RESULTS.md``, "Resolution policy"), victims then learn as from
-  clean data. Fitting the native δ in the budget whose resize is closest to the working δ (a
+* ``bilinear``: optimise at the working size and upsample. Cheap, but ``R`` blurs the δ: measured
+  (``benchmarks/RESULTS.md``, "Resolution policy"), victims then learn from PIL-protected data
+  as from clean data, and EM (linear surrogate) protects a little less. Fitting the native δ in the budget whose resize is closest to the working δ (a
   box-constrained least-squares "lift") did not help either: the ε-box cannot reproduce a
   high-frequency ±ε pattern after an antialiased downsampling (measured in the same section).
 
