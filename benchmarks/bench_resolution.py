@@ -9,7 +9,9 @@ do). Policies:
 
 * ``bilinear``: δ optimised at the working size (32²) and upsampled bilinearly to each image;
 * ``through``: δ optimised at native size through the resize to 32² (for EM and REM, the
-  min-min loop runs at 32² and the last δ-phase at native size).
+  min-min loop runs at 32² and the last δ-phase at native size);
+* ``default``: the method as it is (for methods without a ``resize`` field: class-wise
+  patterns, which are resized to each image).
 
 ``--param NAME=VALUE`` passes further hyperparameters (e.g. a small surrogate for a CPU run of EM).
 
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
     sets, notes, extra = {"clean": train}, [], parse_params(args.param)
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         t = time.perf_counter()
-        res = create_method(args.method, resize=policy, **extra).protect(train, seed=args.seed, device=dev)
+        kw = dict(extra) if policy == "default" else dict(extra, resize=policy)
+        res = create_method(args.method, **kw).protect(train, seed=args.seed, device=dev)
         sets[policy] = res.protected
         notes.append(f"- {policy}: protected in {time.perf_counter() - t:.1f} s; native mean |Δ| "
                      f"{res.norms['mean_abs']['mean']:.2f} grey levels, ℓ∞ max {res.norms['linf']['max']:.0f}")
