@@ -71,3 +71,20 @@ def test_defense_table_smoke_and_resume(tiny_npz, tmp_path, capsys):
         bench.main(argv)
     assert bench.main(argv + ["--resume"]) == 0
     assert all(r.get("reused") for r in json.loads(js.read_text()))
+
+
+def test_resolution_bench_smoke(tiny_npz, tmp_path, capsys):
+    bench = _load("bench_resolution")
+    results = tmp_path / "R.md"
+    argv = ["--data", str(tiny_npz), "--method", "em", "--param", "surrogate=small-cnn", "--param", "max_rounds=1",
+            "--param", "pgd_steps=2", "--limit", "24", "--test-limit", "12", "--min-side", "18", "--max-side", "26",
+            "--victim-sizes", "16", "--epochs", "1", "--device", "cpu", "--record", "--results", str(results)]
+    assert bench.main(argv) == 0
+    text = results.read_text()
+    assert "## Resolution policy" in text and "'surrogate': 'small-cnn'" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 16 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["clean", "bilinear", "through"]
+    # Methods without a resize field run as they are.
+    argv = ["--data", str(tiny_npz), "--method", "regions-4", "--policies", "default", "--limit", "24",
+            "--test-limit", "12", "--victim-sizes", "16", "--epochs", "1", "--device", "cpu"]
+    assert bench.main(argv) == 0 and "| 16 | default |" in capsys.readouterr().out
