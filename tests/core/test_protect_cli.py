@@ -387,17 +387,15 @@ def test_l2_budget_too_thin_for_large_images_warns(tmp_path, capsys):
 
 
 def test_upsampling_methods_warn_on_mixed_sizes(tmp_path, capsys):
-    # Upsampling a working-size δ is a choice (resize=bilinear) for sample-wise methods, and the
-    # only way for class-wise patterns: protect says so on mixed sizes, and only then.
+    # Upsampling a working-size δ is a choice (resize=bilinear): protect says so on mixed sizes,
+    # and only then.
     src = make_folder(tmp_path / "in", n_per_class=3, mixed=True)
     smoke = ["--param", "surrogate=small-cnn", "--param", "train_steps=1", "--param", "pgd_steps=1",
              "--param", "max_rounds=1"]
     code, o = run(["protect", src, "--out", tmp_path / "em", "--method", "em", *smoke, "--param", "resize=bilinear"],
                   capsys)
     assert code == 0 and "upsamples it" in o.err and "Resolution policy" in o.err and "resize=through" in o.err
-    code, o = run(["protect", src, "--out", tmp_path / "emc", "--method", "em-classwise", *smoke], capsys)
-    assert code == 0 and "upsamples it" in o.err and "resize=through" not in o.err
-    for method, params in (("em", smoke), ("pil", [])):
+    for method, params in (("em", smoke), ("em-classwise", smoke), ("pil", []), ("random-classwise", [])):
         code, o = run(["protect", src, "--out", tmp_path / f"{method}-through", "--method", method, *params], capsys)
         assert code == 0 and "upsamples" not in o.err
     same = make_folder(tmp_path / "same", n_per_class=3, mixed=False)

@@ -156,7 +156,8 @@ def test_through_resize_moves_what_the_trainer_sees_more_than_an_upsampled_delta
     assert margin(native) - clean > 1.3 * (margin(upsampled) - clean) > 0
 
 
-@pytest.mark.parametrize("name,resize", [("tap", "lift"), ("em-classwise", "through"), ("pil", "nearest")])
+@pytest.mark.parametrize("name,resize", [("tap", "lift"), ("em-classwise", "nearest"), ("pil", "nearest"),
+                                         ("random-classwise", "bilinear")])
 def test_unknown_resize_fails_at_creation(name, resize):
     from unlearnable.errors import UnlearnableError
     from unlearnable.methods import create_method

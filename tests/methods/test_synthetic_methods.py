@@ -190,3 +190,33 @@ def test_deterministic_and_order_independent(name):
 
 def make_set(n=30, size=8, classes=3, seed=0, mixed=False, images=None):
     return random_imageset(n, size, classes, seed, mixed, images)
+
+
+def test_classwise_patterns_through_the_resize_correlate_most_with_the_class_pattern():
+    # On mixed sizes every image gets the ±ε δ maximising ⟨R(δ), P_y⟩ over the budget box, so
+    # what a trainer at the working size sees correlates with P_y at least as much as the
+    # nearest-upsampled pattern (also in the box here: mid-grey images, nothing clipped).
+    from unlearnable.methods.base import rng_for
+    from unlearnable.methods.random_noise import _draw
+    from unlearnable.methods.resolution import resize_matrix
+
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(60, 196, (int(a), int(b), 3), dtype=np.uint8) for a, b in rng.integers(14, 41, (12, 2))]
+    data = random_imageset(len(imgs), classes=3, images=imgs)
+    seen = {}
+    for resize in ("through", "nearest"):
+        res = create_method("random-classwise", pattern_size=12, resize=resize).protect(data, seed=0)
+        assert res.within_budget
+        seen[resize] = [resize_matrix(im.shape[0], 12) @ torch.from_numpy(
+            (res.protected.image(i).astype(np.float32) - im) / 255).permute(2, 0, 1) @ resize_matrix(im.shape[1], 12).T
+            for i, im in enumerate(imgs)]
+    eps = create_method("random-classwise").parse_budget(None).eps
+    patterns = torch.from_numpy(_draw(rng_for(0, "random-classwise"), (3, 12, 12, 3), eps, "sign")).permute(0, 3, 1, 2)
+    for i in range(len(imgs)):
+        p = patterns[data.labels[i]]
+        # Rounding to grey levels moves each pixel by at most half a level: allow that much.
+        slack = 0.5 / 255 * float(p.abs().sum())
+        assert float((seen["through"][i] * p).sum()) >= float((seen["nearest"][i] * p).sum()) - slack
+    cos = [float(torch.nn.functional.cosine_similarity(seen["through"][i].flatten(), patterns[data.labels[i]].flatten(),
+                                                        dim=0)) for i in range(len(imgs))]
+    assert min(cos) > 0.5

@@ -191,12 +191,10 @@ class EMClasswise(_EMBase):
     error on the subset (with the class patterns) is below ``stop_error``, or at ``max_rounds``.
 
     Args: as :class:`EM`, plus ``subset_fraction`` (0.2: the 10k-image subset on CIFAR-10), and
-    ``pgd_steps`` defaults to 1. A class pattern is one δ shared by images of every size, so on
-    mixed-size sets it is upsampled (``resize="bilinear"``, the only mode).
+    ``pgd_steps`` defaults to 1. On mixed or large images the patterns are optimised at
+    ``working_size``²; ``resize="through"`` (default) gives each image the ±ε δ whose resize
+    correlates most with its class's pattern, ``bilinear`` upsamples the pattern.
     """
-
-    resize: str = "bilinear"
-    resize_modes = ("bilinear",)
 
     pgd_steps: int = 1
     max_rounds: int = 100

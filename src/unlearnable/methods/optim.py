@@ -42,7 +42,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -128,10 +128,19 @@ class Problem:
         return deltas_to_native(self.data, d, "bilinear")
 
     def patterns_out(self, patterns: Tensor) -> Deltas:
-        """Class patterns ``(K, C, H, W)`` → one δ per image (its class's), at native sizes."""
+        """Class patterns ``(K, C, H, W)`` → one δ per image (its class's), at native sizes: the
+        pattern itself, or (``resize="through"`` on a set worked at another size) the ±ε δ whose
+        resize correlates most with it (:func:`~unlearnable.methods.resolution.patterns_through_resize`)."""
         p = patterns.detach().float().permute(0, 2, 3, 1).cpu().numpy()
         native = self.data.uniform and len(self.data) and self.data.shape_of(0) == tuple(p.shape[1:3])
-        return per_class_patterns_to_images(self.data, p, "nearest" if native else "bilinear")
+        if native or self.resize != "through":
+            return per_class_patterns_to_images(self.data, p, "nearest" if native else "bilinear")
+        from .resolution import patterns_through_resize
+
+        labels = self.data.require_labels("a class-wise perturbation")
+        out = patterns_through_resize([self.data.image(i) for i in range(len(self.data))], p, labels, float(self.eps),
+                                      device=self.device)
+        return np.stack(out) if self.data.uniform else out
 
     def fingerprint(self) -> str:
         """Hash of pixels and labels (canonical order): part of the checkpoint signature."""
@@ -609,13 +618,10 @@ class OptimMethod(Method):
     """
 
     resize: str = "through"
-    #: The ``resize`` values a method supports (class-wise patterns cannot be per-image).
-    resize_modes: ClassVar[Tuple[str, ...]] = ("through", "bilinear")
 
     def __post_init__(self) -> None:
-        if self.resize not in self.resize_modes:  # at creation: before any data is read
-            raise UnlearnableError(f"{self.registry_name}: resize must be one of {', '.join(self.resize_modes)}, "
-                                   f"got {self.resize!r}")
+        if self.resize not in ("through", "bilinear"):  # at creation: before any data is read
+            raise UnlearnableError(f"{self.registry_name}: resize must be one of through, bilinear, got {self.resize!r}")
 
     def resolution_warning(self, data: ImageSet) -> Optional[str]:
         hw = _working_size(data, int(getattr(self, "working_size", 32)))
@@ -623,8 +629,7 @@ class OptimMethod(Method):
             return None
         return (f"warning: {self.registry_name} optimises δ at {hw[0]}x{hw[1]} and upsamples it to these images' "
                 "sizes; a trainer's resize blurs an upsampled δ, which can undo the protection (benchmarks/RESULTS.md, "
-                "'Resolution policy')"
-                + ("; resize=through avoids this" if "through" in self.resize_modes else ""))
+                "'Resolution policy'); resize=through avoids this")
 
     def _start(self, data: ImageSet, budget: Budget, seed: int, device: str, workdir: Optional[str],
                name: Optional[str] = None) -> Tuple[Problem, Checkpoint]:

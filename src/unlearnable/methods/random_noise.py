@@ -16,6 +16,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from . import register_method
 from .base import Deltas, Method, Progress, per_class_patterns_to_images, rng_for, working_size
+from .resolution import patterns_through_resize
 
 _DISTS = ("sign", "uniform")
 
@@ -64,16 +65,20 @@ class RandomClasswiseNoise(Method):
     """Class-wise random noise: one fixed ±ε or uniform pattern per class, added to all its images.
 
     Reference: the class-wise random-noise control of Huang et al., ICLR 2021. Patterns are
-    drawn at the set's native size (or ``pattern_size``² for mixed sizes) and resized with
-    nearest neighbour to each image, which keeps the ℓ∞ bound.
+    drawn at the set's native size, or at ``pattern_size``² for mixed or large images.
 
     Args:
         dist: ``"sign"`` (±ε) or ``"uniform"`` (U(−ε, ε)).
-        pattern_size: pattern side for sets of mixed image sizes.
+        pattern_size: pattern side for sets of mixed or large image sizes.
+        resize: for those, ``through`` (default): each image gets the ±ε δ whose resize to
+            ``pattern_size``² correlates most with its class's pattern
+            (:func:`~unlearnable.methods.resolution.patterns_through_resize`); ``nearest``: the
+            pattern resized to the image with nearest neighbour.
     """
 
     dist: str = "sign"
     pattern_size: int = 32
+    resize: str = "through"
     paper = "Huang et al., Unlearnable Examples, ICLR 2021 (class-wise random-noise control)"
 
     def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
@@ -82,4 +87,17 @@ class RandomClasswiseNoise(Method):
         h, w = working_size(data, self.pattern_size)
         rng = rng_for(seed, "random-classwise")
         patterns = _draw(rng, (data.num_classes, h, w, 3), budget.eps, self.dist)
-        return per_class_patterns_to_images(data, patterns, "nearest")
+        native = data.uniform and len(data) and data.shape_of(0) == (h, w)
+        if native or self.resize == "nearest":
+            return per_class_patterns_to_images(data, patterns, "nearest")
+        labels = data.require_labels("a class-wise perturbation")
+        out = patterns_through_resize([data.image(i) for i in range(len(data))], patterns, labels, budget.eps,
+                                      device=device)
+        return np.stack(out) if data.uniform else out
+
+    def __post_init__(self) -> None:
+        _check_dist(self.dist)
+        if self.resize not in ("through", "nearest"):
+            from ..errors import UnlearnableError
+
+            raise UnlearnableError(f"random-classwise: resize must be one of through, nearest, got {self.resize!r}")
