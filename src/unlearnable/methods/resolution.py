@@ -140,8 +140,9 @@ def patterns_through_resize(images: Sequence[np.ndarray], patterns: np.ndarray, 
     What a trainer who resizes to the working size then sees correlates as much as the budget
     allows with the class's working-size pattern. Measured for random class-wise noise on CIFAR-10
     upscaled to 40-72 px (``benchmarks/RESULTS.md``, "Resolution policy"): a 32-px victim reached
-    54.80 % with nearest-upsampled patterns and 47.15 % with this, against 59.40 % clean (the same
-    noise on the original 32-px images: 24.15 % against 61.05 %).
+    54.80 % with nearest-upsampled patterns and 47.15 % with this, against 59.40 % clean; a 64-px
+    victim 51.80 % and 33.25 %, against 55.60 % (the same noise on the original 32-px images:
+    24.15 % against 61.05 %).
 
     Args:
         images: ``N`` uint8 HWC arrays at their native sizes.
