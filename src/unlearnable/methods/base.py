@@ -124,6 +124,9 @@ class Method:
     smoke_kwargs: ClassVar[Dict[str, Any]] = {}
     #: False for methods with no randomness: the seed cannot change their output (OPS).
     seeded: ClassVar[bool] = True
+    #: What was measured when this method's pattern is resized to photos and a trainer
+    #: resizes them back ("" when it keeps protecting; benchmarks/RESULTS.md, "Resolution policy").
+    mixed_size_caveat: ClassVar[str] = ""
 
     # -- to implement --------------------------------------------------------------------
     def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
@@ -135,8 +138,12 @@ class Method:
     def resolution_warning(self, data: ImageSet) -> Optional[str]:
         """A caveat when this method's δ will not be made at the images' own size, else None.
 
-        Methods that can optimise per-pixel δ at ``working_size`` and upsample it override this."""
-        return None
+        Methods that can optimise per-pixel δ at ``working_size`` and upsample it override this;
+        others say what ``mixed_size_caveat`` records for sets not protected at their own size."""
+        if not self.mixed_size_caveat or not len(data) or (data.uniform and working_size(data) == data.shape_of(0)):
+            return None
+        return (f"warning: {self.registry_name} {self.mixed_size_caveat} (benchmarks/RESULTS.md, 'Resolution policy'); "
+                "pil keeps protecting such images")
 
     def hyperparameters(self) -> Dict[str, Any]:
         """The constructor arguments, as recorded in the manifest."""

@@ -612,9 +612,10 @@ class OptimMethod(Method):
     ``working_size`` (side of the working resolution for mixed-size or large images),
     ``resize`` (for such sets, how δ reaches each image's own pixels: ``through``, the method's
     δ-objective optimised on the native pixels with the surrogate seeing the trainer's resize,
-    :func:`through_resize`; or ``bilinear`` upsampling of the working δ, which that resize blurs:
-    measured, PIL's protection vanishes and EM's weakens) and ``checkpoint_every_s`` (seconds between checkpoints in ``workdir``; not part of
-    the resume signature since it does not change the result).
+    :func:`through_resize`, or for class patterns the δ whose resize correlates most with the
+    pattern; or ``bilinear`` upsampling of the working δ, which that resize blurs: measured, PIL's
+    protection vanishes and EM's weakens) and ``checkpoint_every_s`` (seconds between checkpoints
+    in ``workdir``; not part of the resume signature since it does not change the result).
     """
 
     resize: str = "through"

@@ -14,9 +14,10 @@ So what the trainer sees of a native-size δ is ``R(δ)``, and there are two way
   (:func:`patterns_through_resize`).
 * ``bilinear``: optimise at the working size and upsample. Cheap, but ``R`` blurs the δ: measured
   (``benchmarks/RESULTS.md``, "Resolution policy"), victims then learn from PIL-protected data
-  as from clean data, and EM (linear surrogate) protects a little less. Fitting the native δ in the budget whose resize is closest to the working δ (a
-  box-constrained least-squares "lift") did not help either: the ε-box cannot reproduce a
-  high-frequency ±ε pattern after an antialiased downsampling (measured in the same section).
+  as from clean data, and EM (linear surrogate) protects a little less. Fitting the native δ in
+  the budget whose resize is closest to the working δ (a box-constrained least-squares "lift")
+  did not help either: the ε-box cannot reproduce a high-frequency ±ε pattern after an
+  antialiased downsampling (measured in the same section).
 
 Images of different sizes share a batch (:func:`size_batches`, :class:`PaddedResize`): each is
 zero-padded to the batch's largest size, where its resize matrices are zero and its δ is held at 0.
@@ -52,7 +53,8 @@ def resize_matrix(n_in: int, n_out: int, device="cpu") -> torch.Tensor:
     return cols[0, :, :, 0].T.contiguous().to(device)
 
 
-def size_batches(shapes: Sequence[Tuple[int, int]], batch_size: int, max_pixels: int = NATIVE_PIXELS) -> List[List[int]]:
+def size_batches(shapes: Sequence[Tuple[int, int]], batch_size: int,
+                 max_pixels: int = NATIVE_PIXELS) -> List[List[int]]:
     """Indices grouped into batches of similar sizes: a batch closes at ``batch_size`` images, at
     ``max_pixels`` padded pixels, or before padding would exceed a quarter of it."""
     batches: List[List[int]] = []
