@@ -53,6 +53,7 @@ from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from .base import Deltas, Method, Progress, deltas_to_native, per_class_patterns_to_images
 from .base import working_size as _working_size
+from .resolution import PaddedResize, patterns_through_resize, size_batches
 
 __all__ = [
     "Problem", "prepare", "project_", "signed_step_", "round_to_levels", "input_grad", "pgd_rho",
@@ -135,8 +136,6 @@ class Problem:
         native = self.data.uniform and len(self.data) and self.data.shape_of(0) == tuple(p.shape[1:3])
         if native or self.resize != "through":
             return per_class_patterns_to_images(self.data, p, "nearest" if native else "bilinear")
-        from .resolution import patterns_through_resize
-
         labels = self.data.require_labels("a class-wise perturbation")
         out = patterns_through_resize([self.data.image(i) for i in range(len(self.data))], p, labels, float(self.eps),
                                       device=self.device)
@@ -420,8 +419,8 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
     trainer's resize ``R(x + δ) = R(x) + R(δ)`` at the working size.
 
     Used when a set runs at a working size other than its own (mixed sizes, large photos):
-    a δ optimised at the working size and upsampled is blurred away by a trainer's own
-    downsampling (measured, ``benchmarks/RESULTS.md``, "Resolution policy"). Images are
+    a δ optimised at the working size and upsampled is blurred by a trainer's own downsampling,
+    which can undo the protection (measured, ``benchmarks/RESULTS.md``, "Resolution policy"). Images are
     processed once, in batches of similar sizes (:func:`~unlearnable.methods.resolution.size_batches`).
 
     Args:
@@ -440,8 +439,6 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
     Returns:
         One float32 HWC δ per image, input order, native sizes (stacked for uniform sets).
     """
-    from .resolution import PaddedResize, size_batches
-
     images = [prob.data.image(int(i)) for i in prob.order]
     hw = tuple(prob.shape[1:])
     out: list = [None] * prob.n
@@ -487,8 +484,6 @@ def upsampled_start(prob: Problem, delta: Tensor) -> Callable[[Tensor, Tensor], 
 
 def native_batches(prob: Problem, batch_size: int) -> int:
     """How many batches :func:`through_resize` will take (for progress totals)."""
-    from .resolution import size_batches
-
     return len(size_batches([prob.data.shape_of(int(i)) for i in prob.order], max(1, int(batch_size))))
 
 
