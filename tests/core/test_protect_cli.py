@@ -401,6 +401,9 @@ def test_upsampling_methods_warn_on_mixed_sizes(tmp_path, capsys):
     for method, params in (("em", smoke), ("em-classwise", smoke), ("pil", []), ("random-classwise", [])):
         code, o = run(["protect", src, "--out", tmp_path / f"{method}-through", "--method", method, *params], capsys)
         assert code == 0 and "upsamples" not in o.err
+    code, o = run(["protect", src, "--out", tmp_path / "rcn", "--method", "random-classwise", "--param",
+                   "resize=nearest"], capsys)
+    assert code == 0 and "warning: random-classwise with resize=nearest" in o.err
     # Methods measured to lose their protection on resized mixed sizes say so, with the numbers.
     for method in ("ar", "lsp", "ops"):
         code, o = run(["protect", src, "--out", tmp_path / method, "--method", method], capsys)
