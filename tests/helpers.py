@@ -61,3 +61,16 @@ def random_folder(root, n_per_class, shape, classes=("a", "b"), seed=0):
             h, w = shape(rng) if callable(shape) else shape
             Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     return root
+
+
+def trainer_view(hwc: np.ndarray, side: int):
+    """What a trainer who resizes to ``side``² sees of an HWC image or change (uint8 grey levels
+    are scaled to [0, 1]; floats are taken as they are): CHW float, antialiased bilinear."""
+    import torch
+
+    from unlearnable.methods.resolution import resize_matrix
+
+    x = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).float()
+    if hwc.dtype == np.uint8:
+        x = x / 255
+    return resize_matrix(hwc.shape[0], side) @ x @ resize_matrix(hwc.shape[1], side).T

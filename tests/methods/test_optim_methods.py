@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from unlearnable.budget import Budget, measure_change
 
-from helpers import random_imageset, smoke_method as small
+from helpers import random_imageset, smoke_method as small, trainer_view
 from unlearnable.methods.optim import Ticker, project_, signed_step_
 
 torch.set_num_threads(1)
@@ -57,7 +57,6 @@ def test_through_resize_delta_survives_the_trainers_resize(name):
     # R(x') − R(x). Made through the resize, it does the method's job for its surrogate better
     # than the working-size δ upsampled (which R blurs).
     from unlearnable.methods.optim import forward
-    from unlearnable.methods.resolution import resize_matrix
 
     shift, kw = THROUGH[name]
     rng = np.random.default_rng(3)
@@ -69,11 +68,9 @@ def test_through_resize_delta_survives_the_trainers_resize(name):
         res = method.protect(data, seed=0)
         assert res.within_budget
         sur = method.last_run["surrogate"].eval()
-        seen = torch.stack([resize_matrix(im.shape[0], 12) @ torch.from_numpy(res.protected.image(i)).permute(2, 0, 1)
-                            .float().div(255) @ resize_matrix(im.shape[1], 12).T for i, im in enumerate(imgs)])
+        seen = torch.stack([trainer_view(res.protected.image(i), 12) for i in range(len(imgs))])
         target = (torch.from_numpy(data.labels) + shift) % 3
-        clean = torch.stack([resize_matrix(im.shape[0], 12) @ torch.from_numpy(im).permute(2, 0, 1).float().div(255)
-                             @ resize_matrix(im.shape[1], 12).T for im in imgs])
+        clean = torch.stack([trainer_view(im, 12) for im in imgs])
         with torch.no_grad():  # how far δ moved the surrogate's loss, as the trainer sees it
             return float(F.cross_entropy(forward(sur, clean), target) - F.cross_entropy(forward(sur, seen), target))
 
@@ -92,7 +89,7 @@ def _linear_problem(eps="4/255", n=30, seed=4):
     imgs = [rng.integers(40, 216, (int(a), int(b), 3), dtype=np.uint8) for a, b in rng.integers(24, 49, (n, 2))]
     data = random_imageset(len(imgs), classes=3, images=imgs)
     budget = Budget.parse(eps)
-    prob = prepare(data, "cpu", 12, resize="through", eps=budget.eps)
+    prob = prepare(data, "cpu", 12, resize="through")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 3, bias=False)).eval()
     with torch.no_grad():
@@ -124,7 +121,6 @@ def test_through_resize_step_is_the_autograd_step_through_the_resize():
 
 def test_through_resize_moves_what_the_trainer_sees_more_than_an_upsampled_delta():
     from unlearnable.methods.optim import input_grad, through_resize
-    from unlearnable.methods.resolution import resize_matrix
 
     imgs, data, budget, prob, model = _linear_problem()
     target = (prob.y + 1) % 3
@@ -142,11 +138,11 @@ def test_through_resize_moves_what_the_trainer_sees_more_than_an_upsampled_delta
     def margin(deltas):  # mean logit margin of the target class in what a trainer at 12² sees
         out = []
         for i, im in enumerate(imgs):
-            x = torch.from_numpy(im).permute(2, 0, 1).float().div(255)
+            x = im / np.float32(255)
             if deltas is not None:
                 assert deltas[i].shape == im.shape and np.abs(deltas[i]).max() <= budget.eps + 1e-6
-                x = x + torch.from_numpy(deltas[i]).permute(2, 0, 1)
-            logits = model((resize_matrix(im.shape[0], 12) @ x @ resize_matrix(im.shape[1], 12).T)[None])[0]
+                x = x + deltas[i]
+            logits = model(trainer_view(x, 12)[None])[0]
             t = (int(data.labels[i]) + 1) % 3
             out.append(float(logits[t] - logits[[c for c in range(3) if c != t]].max()))
         return np.mean(out)

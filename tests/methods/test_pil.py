@@ -210,7 +210,7 @@ def test_through_resize_delta_survives_the_trainers_resize():
     # What a trainer at the working size sees is R(x') − R(x). PIL's δ is a shortcut when the
     # surrogate classifies it as the image's label. Upsampled and then resized back by R, it is
     # not (chance); optimised through R, it is.
-    from unlearnable.methods.pil import resize_matrix
+    from helpers import trainer_view
 
     rng = np.random.default_rng(1)
     sizes = [(int(a), int(b)) for a, b in rng.integers(20, 37, (40, 2))]
@@ -225,8 +225,7 @@ def test_through_resize_delta_survives_the_trainers_resize():
         w1, w2 = method.last_run["surrogate"]
         hits = []
         for i, im in enumerate(imgs):
-            change = torch.from_numpy((res.protected.image(i).astype(np.float32) - im) / 255).permute(2, 0, 1)
-            seen = resize_matrix(im.shape[0], 12) @ change @ resize_matrix(im.shape[1], 12).T
+            seen = trainer_view((res.protected.image(i).astype(np.float32) - im) / 255, 12)
             hits.append(int((w2 @ w1 @ (-seen).flatten()).argmax()) == y[i])  # x' = x − δ
         return np.mean(hits)
 

@@ -13,7 +13,7 @@ from unlearnable.methods.ar import ar_generate, find_coefficients
 from unlearnable.methods.cuda import cuda_filters
 from unlearnable.methods.lsp import LSP_EPS
 
-from helpers import random_imageset
+from helpers import random_imageset, trainer_view
 from unlearnable.methods.ops import CORNERS
 
 torch.set_num_threads(1)
@@ -198,7 +198,6 @@ def test_classwise_patterns_through_the_resize_correlate_most_with_the_class_pat
     # nearest-upsampled pattern (also in the box here: mid-grey images, nothing clipped).
     from unlearnable.methods.base import rng_for
     from unlearnable.methods.random_noise import _draw
-    from unlearnable.methods.resolution import resize_matrix
 
     rng = np.random.default_rng(2)
     imgs = [rng.integers(60, 196, (int(a), int(b), 3), dtype=np.uint8) for a, b in rng.integers(14, 41, (12, 2))]
@@ -207,9 +206,8 @@ def test_classwise_patterns_through_the_resize_correlate_most_with_the_class_pat
     for resize in ("through", "nearest"):
         res = create_method("random-classwise", pattern_size=12, resize=resize).protect(data, seed=0)
         assert res.within_budget
-        seen[resize] = [resize_matrix(im.shape[0], 12) @ torch.from_numpy(
-            (res.protected.image(i).astype(np.float32) - im) / 255).permute(2, 0, 1) @ resize_matrix(im.shape[1], 12).T
-            for i, im in enumerate(imgs)]
+        seen[resize] = [trainer_view((res.protected.image(i).astype(np.float32) - im) / 255, 12)
+                        for i, im in enumerate(imgs)]
     eps = create_method("random-classwise").parse_budget(None).eps
     patterns = torch.from_numpy(_draw(rng_for(0, "random-classwise"), (3, 12, 12, 3), eps, "sign")).permute(0, 3, 1, 2)
     for i in range(len(imgs)):

@@ -158,7 +158,7 @@ class AR(Method):
     paper = "Sandoval-Segura et al., Autoregressive Perturbations for Data Poisoning, NeurIPS 2022"
     mixed_size_caveat = ("lost its protection, when measured, on images a trainer resizes: a 32-px victim on CIFAR-10 "
                          "upscaled to 40-72 px reached 60.20 % vs 59.40 % clean (34.40 % vs 61.05 % on the "
-                         "original 32-px images)")
+                         "original 32-px images); pil keeps protecting such images")
 
     def coefficients(self, num_classes: int, size: Tuple[int, int], seed: int) -> np.ndarray:
         return find_coefficients(num_classes, size, seed, self.norm_bound, self.required_response,

@@ -58,7 +58,7 @@ def deltas_to_native(data: ImageSet, deltas: np.ndarray, mode: str = "bilinear")
     224-px photos worked at 32²), a list for mixed sizes. Methods that can make δ on the native
     pixels instead do so (``resize="through"``, :mod:`unlearnable.methods.resolution`).
     """
-    if data.uniform and len(data) and tuple(deltas.shape[1:3]) == tuple(data.shape_of(0)):
+    if at_own_size(data, deltas.shape[1:3]):
         return np.ascontiguousarray(deltas, dtype=np.float32)
     out = [resize_delta(deltas[i], data.shape_of(i), mode).astype(np.float32) for i in range(len(deltas))]
     return np.stack(out) if data.uniform and len(out) else out
@@ -124,8 +124,9 @@ class Method:
     smoke_kwargs: ClassVar[Dict[str, Any]] = {}
     #: False for methods with no randomness: the seed cannot change their output (OPS).
     seeded: ClassVar[bool] = True
-    #: What was measured when this method's pattern is resized to photos and a trainer
-    #: resizes them back ("" when it keeps protecting; benchmarks/RESULTS.md, "Resolution policy").
+    #: What to tell a user whose images this method does not protect at their own size ("" when
+    #: it keeps protecting there; measured in benchmarks/RESULTS.md, "Resolution policy").
+    #: Methods whose caveat depends on a hyperparameter (``resize``) make it a property.
     mixed_size_caveat: ClassVar[str] = ""
 
     # -- to implement --------------------------------------------------------------------
@@ -136,14 +137,11 @@ class Method:
 
     # -- shared --------------------------------------------------------------------------
     def resolution_warning(self, data: ImageSet) -> Optional[str]:
-        """A caveat when this method's δ will not be made at the images' own size, else None.
-
-        Methods that can optimise per-pixel δ at ``working_size`` and upsample it override this;
-        others say what ``mixed_size_caveat`` records for sets not protected at their own size."""
-        if not self.mixed_size_caveat or not len(data) or (data.uniform and working_size(data) == data.shape_of(0)):
+        """``mixed_size_caveat`` as a warning, for a set not protected at its own size; else None."""
+        caveat = self.mixed_size_caveat
+        if not caveat or not len(data) or at_own_size(data, working_size(data)):
             return None
-        return (f"warning: {self.registry_name} {self.mixed_size_caveat} (benchmarks/RESULTS.md, 'Resolution policy'); "
-                "pil keeps protecting such images")
+        return f"warning: {self.registry_name} {caveat} (benchmarks/RESULTS.md, 'Resolution policy')"
 
     def hyperparameters(self) -> Dict[str, Any]:
         """The constructor arguments, as recorded in the manifest."""
@@ -268,6 +266,12 @@ def rng_for(seed: int, *stream: Union[int, str]) -> np.random.Generator:
         else:  # the whole name counts: "cat/001.png" and "cat/002.png" are different streams
             words.append(int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little"))
     return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def at_own_size(data: ImageSet, hw: Sequence[int]) -> bool:
+    """Whether every image of ``data`` is ``hw`` = (H, W): the set is worked at its own size, so a
+    δ made at ``hw`` needs no resize."""
+    return bool(len(data) and data.uniform and tuple(data.shape_of(0)) == tuple(hw))
 
 
 def working_size(data: ImageSet, default: int = 32, max_native: int = 64) -> Tuple[int, int]:

@@ -271,4 +271,4 @@ class EMClasswise(_EMBase):
         self.last_run = {"rounds": s["round"], "stopped": s["finished"], "train_acc": list(s["history"]),
                          "subset": m, "resumed": ck.resumed, "surrogate": sur.model,
                          "patterns": patterns.detach().cpu()}
-        return prob.patterns_out(patterns)
+        return prob.patterns_out(patterns, eps)

@@ -90,7 +90,7 @@ class LSP(Method):
     paper = "Yu et al., Availability Attacks Create Shortcuts, KDD 2022 (LSP / synthetic noise)"
     mixed_size_caveat = ("kept little of its protection, when measured, on images a trainer resizes: a 32-px victim on "
                          "CIFAR-10 upscaled to 40-72 px reached 51.70 % vs 59.40 % clean (39.80 % vs 61.05 % on "
-                         "the original 32-px images)")
+                         "the original 32-px images); pil keeps protecting such images")
 
     def grid(self) -> int:
         if self.patch_size < 1 or 32 % self.patch_size:

@@ -108,7 +108,8 @@ class OPS(Method):
     paper = "Wu et al., One-Pixel Shortcut: on the Learning Preference of Deep Neural Networks, ICLR 2023"
     mixed_size_caveat = ("lost its protection, when measured, on images a trainer resizes (the downsampling "
                          "averages its pixel away): a 32-px victim on CIFAR-10 upscaled to 40-72 px reached "
-                         "60.70 % vs 59.40 % clean (28.10 % vs 61.05 % on the original 32-px images)")
+                         "60.70 % vs 59.40 % clean (28.10 % vs 61.05 % on the original 32-px images); pil keeps "
+                         "protecting such images")
 
     def _grid(self, data: ImageSet) -> Tuple[int, int]:
         if data.uniform:

@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
-from .base import Deltas, Method, Progress, deltas_to_native, per_class_patterns_to_images
+from .base import Deltas, Method, Progress, at_own_size, deltas_to_native, per_class_patterns_to_images
 from .base import working_size as _working_size
-from .resolution import PaddedResize, patterns_through_resize, size_batches
+from .resolution import RESIZE_MODES, PaddedResize, patterns_through_resize, size_batches
 
 __all__ = [
     "Problem", "prepare", "project_", "signed_step_", "round_to_levels", "input_grad", "pgd_rho",
@@ -80,7 +80,6 @@ class Problem:
         resize: how δ reaches each image's own size when the set is worked at another size:
             ``through`` (the method makes δ at native size, :func:`through_resize`) or
             ``bilinear`` (:meth:`deltas_out` upsamples the working δ).
-        eps: the ℓ∞ radius.
     """
 
     data: ImageSet
@@ -90,7 +89,6 @@ class Problem:
     num_classes: int
     device: torch.device
     resize: str = "bilinear"
-    eps: Optional[float] = None
 
     @property
     def n(self) -> int:
@@ -108,8 +106,7 @@ class Problem:
     def through(self) -> bool:
         """Whether δ is made on each image's own pixels through the resize (:func:`through_resize`):
         ``resize == "through"`` and the set is worked at another size than its own."""
-        native = self.data.uniform and len(self.data) and tuple(self.data.shape_of(0)) == tuple(self.shape[1:])
-        return self.resize == "through" and not native
+        return self.resize == "through" and not at_own_size(self.data, self.shape[1:])
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -128,16 +125,15 @@ class Problem:
         d = delta.detach().float().permute(0, 2, 3, 1).cpu().numpy()[inv]
         return deltas_to_native(self.data, d, "bilinear")
 
-    def patterns_out(self, patterns: Tensor) -> Deltas:
+    def patterns_out(self, patterns: Tensor, eps: float) -> Deltas:
         """Class patterns ``(K, C, H, W)`` → one δ per image (its class's), at native sizes: the
         pattern itself, or (``resize="through"`` on a set worked at another size) the ±ε δ whose
         resize correlates most with it (:func:`~unlearnable.methods.resolution.patterns_through_resize`)."""
         p = patterns.detach().float().permute(0, 2, 3, 1).cpu().numpy()
-        native = self.data.uniform and len(self.data) and self.data.shape_of(0) == tuple(p.shape[1:3])
-        if native or self.resize != "through":
-            return per_class_patterns_to_images(self.data, p, "nearest" if native else "bilinear")
+        if not self.through:
+            return per_class_patterns_to_images(self.data, p, "bilinear")
         labels = self.data.require_labels("a class-wise perturbation")
-        out = patterns_through_resize([self.data.image(i) for i in range(len(self.data))], p, labels, float(self.eps),
+        out = patterns_through_resize([self.data.image(i) for i in range(len(self.data))], p, labels, eps,
                                       device=self.device)
         return np.stack(out) if self.data.uniform else out
 
@@ -150,8 +146,8 @@ class Problem:
         return h.hexdigest()
 
 
-def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this method", resize: str = "bilinear",
-            eps: Optional[float] = None) -> Problem:
+def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this method",
+            resize: str = "bilinear") -> Problem:
     """Put ``data`` on ``device`` as uint8 NCHW in canonical order, at its working size.
 
     Uniform sets of side ≤ 64 run natively; others are resized to ``working``² (base
@@ -166,7 +162,7 @@ def prepare(data: ImageSet, device: str, working: int = 32, what: str = "this me
     x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(dev)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[order]).to(dev)
     k = max(int(data.num_classes), int(labels.max()) + 1 if len(labels) else 1)
-    return Problem(data=data, x=x, y=y, order=order, num_classes=k, device=dev, resize=resize, eps=eps)
+    return Problem(data=data, x=x, y=y, order=order, num_classes=k, device=dev, resize=resize)
 
 
 # -- projection and steps --------------------------------------------------------------------
@@ -616,23 +612,23 @@ class OptimMethod(Method):
     resize: str = "through"
 
     def __post_init__(self) -> None:
-        if self.resize not in ("through", "bilinear"):  # at creation: before any data is read
-            raise UnlearnableError(f"{self.registry_name}: resize must be one of through, bilinear, got {self.resize!r}")
+        if self.resize not in RESIZE_MODES:  # at creation: before any data is read
+            raise UnlearnableError(f"{self.registry_name}: resize must be one of {', '.join(RESIZE_MODES)}, "
+                                   f"got {self.resize!r}")
 
-    def resolution_warning(self, data: ImageSet) -> Optional[str]:
-        hw = _working_size(data, int(getattr(self, "working_size", 32)))
-        if self.resize == "through" or (data.uniform and len(data) and data.shape_of(0) == hw):
-            return None
-        return (f"warning: {self.registry_name} optimises δ at {hw[0]}x{hw[1]} and upsamples it to these images' "
-                "sizes; a trainer's resize blurs an upsampled δ, which can undo the protection (benchmarks/RESULTS.md, "
-                "'Resolution policy'); resize=through avoids this")
+    @property
+    def mixed_size_caveat(self) -> str:  # type: ignore[override]
+        if self.resize == "through":
+            return ""
+        side = int(getattr(self, "working_size", 32))
+        return (f"optimises δ at {side}x{side} and upsamples it to these images' sizes; a trainer's resize blurs "
+                "an upsampled δ, which can undo the protection; resize=through avoids this")
 
     def _start(self, data: ImageSet, budget: Budget, seed: int, device: str, workdir: Optional[str],
                name: Optional[str] = None) -> Tuple[Problem, Checkpoint]:
         if budget.norm != "linf":
             raise UnlearnableError(f"{self.registry_name}: only ℓ∞ budgets are implemented")
-        prob = prepare(data, device, int(getattr(self, "working_size", 32)), self.registry_name, self.resize,
-                       budget.eps)
+        prob = prepare(data, device, int(getattr(self, "working_size", 32)), self.registry_name, self.resize)
         sig = run_signature(self, budget, seed, prob, ignore=("checkpoint_every_s",))
         ck = Checkpoint(workdir, name or self.registry_name, sig, float(getattr(self, "checkpoint_every_s", 300.0)))
         return prob, ck

@@ -56,7 +56,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, deltas_to_native
+from .base import Deltas, Method, Progress, at_own_size, deltas_to_native
 from .base import working_size as _working_size
 from .resolution import RESIZE_MODES, PaddedResize, resize_matrix, size_batches
 
@@ -358,8 +358,7 @@ class PIL(Method):
         # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
         inv = np.empty_like(order)
         inv[order] = np.arange(n)
-        native_size = data.uniform and data.shape_of(0) == (h, w)
-        if self.resize == "through" and not native_size:
+        if self.resize == "through" and not at_own_size(data, (h, w)):
             # Canonical order in, canonical order out: the starts are seeded by that position.
             native = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
                                        lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,

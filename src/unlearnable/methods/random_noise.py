@@ -15,7 +15,7 @@ import numpy as np
 from ..budget import Budget
 from ..data.imageset import ImageSet
 from . import register_method
-from .base import Deltas, Method, Progress, per_class_patterns_to_images, rng_for, working_size
+from .base import Deltas, Method, Progress, at_own_size, per_class_patterns_to_images, rng_for, working_size
 from .resolution import patterns_through_resize
 
 _DISTS = ("sign", "uniform")
@@ -87,20 +87,20 @@ class RandomClasswiseNoise(Method):
         h, w = working_size(data, self.pattern_size)
         rng = rng_for(seed, "random-classwise")
         patterns = _draw(rng, (data.num_classes, h, w, 3), budget.eps, self.dist)
-        native = data.uniform and len(data) and data.shape_of(0) == (h, w)
-        if native or self.resize == "nearest":
+        if at_own_size(data, (h, w)) or self.resize == "nearest":
             return per_class_patterns_to_images(data, patterns, "nearest")
         labels = data.require_labels("a class-wise perturbation")
         out = patterns_through_resize([data.image(i) for i in range(len(data))], patterns, labels, budget.eps,
                                       device=device)
         return np.stack(out) if data.uniform else out
 
-    def resolution_warning(self, data: ImageSet) -> Optional[str]:
-        if self.resize == "through" or not len(data) or (data.uniform and working_size(data) == data.shape_of(0)):
-            return None
-        return ("warning: random-classwise with resize=nearest kept little of its protection, when measured, on "
-                "images a trainer resizes: a 32-px victim on CIFAR-10 upscaled to 40-72 px reached 54.80 % vs "
-                "59.40 % clean, 47.15 % with resize=through (benchmarks/RESULTS.md, 'Resolution policy')")
+    @property
+    def mixed_size_caveat(self) -> str:  # type: ignore[override]
+        if self.resize == "through":
+            return ""
+        return ("with resize=nearest kept little of its protection, when measured, on images a trainer resizes: a "
+                "32-px victim on CIFAR-10 upscaled to 40-72 px reached 54.80 % vs 59.40 % clean, 47.15 % with "
+                "resize=through")
 
     def __post_init__(self) -> None:
         _check_dist(self.dist)
