@@ -160,6 +160,31 @@ def test_avatar_npz_images_and_noise(clean, tmp_path):
         import_poison(path, clean)
 
 
+def test_avatar_npz_own_layout_checks_labels(clean, tmp_path):
+    """AVATAR_sanitization.py saves ``np.savez(data=uint8 NHWC, targets=list)`` (SVHN: NCHW)."""
+    prot = expected(clean, noise_levels())
+    path = tmp_path / "UNL_CIFAR10_Sanitized_100_cifar10.npz"
+    np.savez(path, data=prot, targets=list(clean.labels))
+    res = import_poison(path, clean)
+    assert np.array_equal(res.protected.images, prot)
+    assert res.hyperparameters["key"] == "data" and "match" in res.hyperparameters["labels"]
+    np.savez(path, data=prot.transpose(0, 3, 1, 2), targets=np.eye(K)[clean.labels])  # NCHW, one-hot
+    assert np.array_equal(import_poison(path, clean).protected.images, prot)
+    # the clean set in another order (a class-sorted folder against CIFAR's order)
+    order = np.argsort(clean.labels, kind="stable")
+    sorted_clean = ImageSet(clean.images[order], clean.labels[order], clean.classes,
+                            [clean.ids[i] for i in order])
+    np.savez(path, data=prot, targets=clean.labels)
+    with pytest.raises(UnlearnableError, match=r"Sanitized_100_cifar10.npz: its labels \('targets'\) disagree .*index order"):
+        import_poison(path, sorted_clean)
+    np.savez(path, data=prot, targets=clean.labels[:-1])
+    with pytest.raises(UnlearnableError, match="11 int64 labels for 12 clean images"):
+        import_poison(path, clean)
+    unlabelled = ImageSet(clean.images, None, [], clean.ids)
+    np.savez(path, data=prot, targets=clean.labels)
+    assert "not checked" in import_poison(path, unlabelled).hyperparameters["labels"]
+
+
 def test_detect_and_unknown(clean, tmp_path):
     assert detect_format(tmp_path) == "png-index"
     f = tmp_path / "x.bin"

@@ -36,7 +36,10 @@ Formats (``fmt``; ``"auto"`` detects from the path):
     ``x``, ``x_train``, ``data``, ``images``, ``poison``, ``poisoned`` (read like ``ntga-npy``)
     or additive noise under ``noise``, ``delta``, ``perturbation`` (read like ``em-pt``; integer
     noise is grey levels). With a single array and no known key, its dtype decides: integer
-    images if uint8, else noise if it has negative values, else images.
+    images if uint8, else noise if it has negative values, else images. AVATAR's own archives
+    hold ``data`` (uint8 images) and ``targets``; labels under ``targets``, ``labels``, ``y``
+    or ``y_train`` must equal the clean labels index by index, which catches a clean set
+    loaded in another order.
 
 Index order: noise row i / image i goes to clean image i in the clean set's order — the
 tool's dataset index (CIFAR's order, BASELINES §0.4) when the clean set was loaded from the
@@ -72,6 +75,7 @@ from .save import atomic_write_bytes, encode_png
 FORMATS = ("png-index", "em-pt", "rem-pkl", "ntga-npy", "avatar-npz")
 _IMAGE_KEYS = ("x", "x_train", "data", "images", "poison", "poisoned")
 _NOISE_KEYS = ("noise", "delta", "perturbation", "perturbations")
+_LABEL_KEYS = ("targets", "labels", "y", "y_train")
 _INDEX = re.compile(r"^\d+$")
 
 __all__ = ["FORMATS", "detect_format", "import_poison", "import_to_folder", "export_png_index"]
@@ -119,6 +123,30 @@ def _check_sizes(clean: ImageSet, shape_hw: Tuple[int, int], path, what: str) ->
     if sizes != {tuple(shape_hw)}:
         want = "x".join(map(str, next(iter(sizes)))) if len(sizes) == 1 else f"{len(sizes)} different sizes"
         raise UnlearnableError(f"{path}: {what} are {shape_hw[0]}x{shape_hw[1]}, the clean images {want}")
+
+
+def _check_labels(labels: np.ndarray, clean: ImageSet, path, key: str) -> Dict[str, Any]:
+    """Labels stored beside a poison (AVATAR's ``targets``) must be the clean set's, in its order.
+
+    This is what catches the usual index-order mistake: a poison made in CIFAR's order
+    imported against a class-sorted ImageFolder copy of the same images.
+    """
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot (NTGA keeps its labels this way)
+        y = y.argmax(axis=1)
+    y = y.reshape(-1)
+    if y.dtype.kind not in "iuf" or len(y) != len(clean):
+        raise UnlearnableError(f"{path}: {key!r} holds {len(y)} {y.dtype} labels for {len(clean)} clean images")
+    if clean.labels is None:
+        return {"labels": f"{key!r} not checked (the clean set has no labels)"}
+    bad = np.flatnonzero(y.astype(np.int64) != clean.labels.astype(np.int64))
+    if bad.size:
+        i = int(bad[0])
+        raise UnlearnableError(
+            f"{path}: its labels ({key!r}) disagree with the clean set's at {bad.size} of {len(y)} indices "
+            f"(first: index {i}, {int(y[i])} vs {int(clean.labels[i])}); is the clean set in the poison's "
+            "index order (CIFAR's, not a class-sorted folder)?")
+    return {"labels": f"{key!r} match the clean labels"}
 
 
 def _clean_stack(clean: ImageSet) -> np.ndarray:
@@ -292,6 +320,8 @@ def _read_avatar_npz(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str,
         raise
     except Exception as e:
         raise UnlearnableError(f"cannot read {path} as .npz: {type(e).__name__}: {e}") from None
+    label_key = next((k for k in _LABEL_KEYS if k in arrays), None)
+    labels_info = _check_labels(arrays.pop(label_key), clean, path, label_key) if label_key else {}
     image_key = next((k for k in _IMAGE_KEYS if k in arrays), None)
     noise_key = next((k for k in _NOISE_KEYS if k in arrays), None)
     if image_key is None and noise_key is None:
@@ -303,9 +333,9 @@ def _read_avatar_npz(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str,
         image_key, noise_key = (None, key) if is_noise else (key, None)
     if image_key is not None:
         out, info = _images_from_array(arrays[image_key], clean, path)
-        return out, {"key": image_key, "content": "images", **info}
+        return out, {"key": image_key, "content": "images", **info, **labels_info}
     out, info = _noise_from_array(arrays[noise_key], clean, path, "noise")
-    return out, {"key": noise_key, "content": "noise", **info}
+    return out, {"key": noise_key, "content": "noise", **info, **labels_info}
 
 
 _READERS = {"png-index": _read_png_index, "em-pt": _read_em_pt, "rem-pkl": _read_rem_pkl,
