@@ -104,7 +104,7 @@ def test_through_resize_step_is_the_autograd_step_through_the_resize():
 
     imgs, data, budget, prob, model = _linear_problem(n=9)
     target = (prob.y + 1) % 3
-    alpha = budget.eps / 10
+    alpha = 2 / 255  # on the grey-level grid, where through_resize's output lies
     out = through_resize(prob, lambda a, idx: input_grad(model, a, target[idx]), steps=1, alpha=alpha,
                          budget=budget, start=lambda d0, idx: d0, batch_size=4)  # 3 padded batches
     for i, im in enumerate(imgs):
@@ -115,7 +115,7 @@ def test_through_resize_step_is_the_autograd_step_through_the_resize():
         (g,) = torch.autograd.grad(loss, d)
         ref = torch.minimum(torch.maximum(-alpha * g.sign(), (-x).clamp(min=-budget.eps)),
                             (1 - x).clamp(max=budget.eps))[0].permute(1, 2, 0).numpy()
-        assert out[i].shape == im.shape
+        assert out[i].shape == im.shape and np.abs(out[i] * 255 - np.rint(out[i] * 255)).max() < 1e-4
         assert (np.abs(out[i] - ref) > 1e-6).mean() < 0.01  # sign flips where a gradient entry is ~0
 
 
@@ -197,10 +197,11 @@ def test_resume_equals_uninterrupted(name, k, tmp_path):
     assert not other.last_run["resumed"]
 
 
-@pytest.mark.parametrize("name", ["em", "rem"])
-def test_resume_during_the_native_pass_equals_uninterrupted(name, tmp_path):
-    # On mixed sizes the last phase runs through the resize and is not checkpointed: an
-    # interruption there resumes from the working-size checkpoint and replays it exactly.
+@pytest.mark.parametrize("name", ["em", "rem", "tap", "sep"])
+def test_resume_during_the_native_pass_continues_where_it_stopped(name, tmp_path):
+    # On mixed sizes the last phase (TAP's and SEP's whole attack) runs batch by batch on each
+    # image's own pixels: an interruption there keeps the finished batches, and the resumed
+    # run neither redoes them nor changes a byte.
     data = tiny(n=12, mixed=True)
     kw = dict(checkpoint_every_s=0.0, working_size=8, batch_size=4)
 
@@ -208,18 +209,19 @@ def test_resume_during_the_native_pass_equals_uninterrupted(name, tmp_path):
         return [res.protected.image(i) for i in range(len(data))]
 
     full = images(small(name, **kw).protect(data, seed=2))
-    calls = []
+    stopped = []
 
     def interrupt(done, total):
-        calls.append(done)
-        if done == total - 1:  # inside the native pass: its batches are the last ticks
+        if done == total - 1:  # inside the native pass (its batches are the last ticks), one left
+            stopped.append(done)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         small(name, **kw).protect(data, seed=2, workdir=str(tmp_path), progress=interrupt)
-    m = small(name, **kw)
-    resumed = images(m.protect(data, seed=2, workdir=str(tmp_path)))
+    m, ticks = small(name, **kw), []
+    resumed = images(m.protect(data, seed=2, workdir=str(tmp_path), progress=lambda d, t: ticks.append(d)))
     assert m.last_run["resumed"]
+    assert ticks[0] == stopped[0] + 1  # the next batch, not a replay
     assert all((a == b).all() for a, b in zip(full, resumed))
 
 

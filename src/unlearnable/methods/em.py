@@ -171,7 +171,8 @@ class EM(_EMBase):
         out = prob.deltas_out(delta) if not prob.through else through_resize(
             # The last δ-phase once more, on each image's own pixels, seen through the resize.
             prob, lambda a, idx: input_grad(sur.model.eval(), a, prob.y[idx]), steps=self.pgd_steps, alpha=alpha,
-            budget=budget, start=upsampled_start(prob, delta), batch_size=bs, tick=tick)
+            budget=budget, start=upsampled_start(prob, delta), batch_size=bs, tick=tick,
+            checkpoint=ck.sibling("native"))
         tick.finish()
         self.last_run = {"rounds": s["round"], "stopped": s["finished"], "train_acc": list(s["history"]),
                          "epoch_equivalents": s["round"] * (self.pgd_steps + 1) + s["round"] * self.train_steps * bs / n,

@@ -22,7 +22,9 @@ Building blocks, usable in any loop (lightly style), each with a one-line "why":
 * :class:`Checkpoint` — atomic save/resume of (δ, surrogate, optimiser, RNG states, loop
   counters) in the protect pipeline's ``workdir``, guarded by a run signature (method,
   hyperparameters, budget, seed, a hash of the pixels and labels). Resuming replays exactly the
-  computation an uninterrupted run does, so on CPU the result is bit-identical.
+  computation an uninterrupted run does, so on CPU the result is bit-identical. The pass on
+  each image's own pixels (:func:`through_resize`) checkpoints its finished batches in grey
+  levels, so an interrupted photo folder does not start that pass again.
 * :class:`Ticker` — ``progress(done, total)`` in the method's own units (batches or steps);
   the CLI turns it into a bar with an ETA.
 
@@ -410,7 +412,8 @@ GradFn = Callable[[Tensor, Tensor], Any]
 def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, budget: Budget,
                    start: Callable[[Tensor, Tensor], Tensor], batch_size: int = 512, restarts: int = 1,
                    post: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None,
-                   tick: Optional[Callable[[], None]] = None) -> Deltas:
+                   tick: Optional["Ticker"] = None, checkpoint: Optional["Checkpoint"] = None,
+                   generators: Optional[Dict[str, torch.Generator]] = None) -> Deltas:
     """Signed-gradient δ optimisation on each image's own pixels, the surrogate seeing the
     trainer's resize ``R(x + δ) = R(x) + R(δ)`` at the working size.
 
@@ -430,16 +433,43 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
         batch_size: images per batch (also bounded by ``NATIVE_PIXELS`` padded pixels).
         restarts: independent starts per batch; the one with the lowest final loss is kept.
         post: ``post(d, lo, hi)`` applied to the final δ (REM's rounding to grey levels).
-        tick: called after each batch (progress).
+        tick: advanced after each batch (progress).
+        checkpoint: saves the finished batches (their δ in grey levels, as the shared
+            quantisation will round them anyway) and ``generators``' states at a batch
+            boundary, so an interrupted pass over a large photo folder resumes where it
+            stopped and gives the same bytes as an uninterrupted one.
+        generators: the random generators ``start`` and ``grad_fn`` draw from.
 
     Returns:
-        One float32 HWC δ per image, input order, native sizes (stacked for uniform sets).
+        One float32 HWC δ per image, input order, native sizes (stacked for uniform sets),
+        on the grey-level grid: ``round(255 δ) / 255``, which :meth:`Budget.quantize` maps to
+        the same bytes as the unrounded δ.
     """
     images = [prob.data.image(int(i)) for i in prob.order]
     hw = tuple(prob.shape[1:])
     out: list = [None] * prob.n
     cache: Dict[Tuple[int, int], Tensor] = {}
-    for batch in size_batches([im.shape[:2] for im in images], max(1, int(batch_size))):
+    batches = size_batches([im.shape[:2] for im in images], max(1, int(batch_size)))
+    gens = dict(generators or {})
+    # Finished images in batch order, as grey levels: as small as the images themselves.
+    level_dtype = torch.int8 if budget.levels <= 127 else torch.int16
+    s: Dict[str, Any] = {"batches": 0, "levels": []}
+    if checkpoint is not None:
+        s = checkpoint.restore(generators=gens) or s
+        s["levels"] = list(s["levels"])
+
+    def build():
+        return to_cpu({"loop": {"batches": s["batches"], "levels": s["levels"]},
+                       **{k: g.get_state() for k, g in gens.items()}})
+
+    finished = iter(s["levels"])
+    for k, batch in enumerate(batches):
+        if k < s["batches"]:  # done before an interruption
+            for i in batch:
+                out[int(prob.order[i])] = next(finished).numpy().astype(np.float32) / 255.0
+            if tick is not None:
+                tick.done += 1
+            continue
         idx = torch.as_tensor(batch, device=prob.device)
         b = PaddedResize([images[i] for i in batch], hw, prob.device, cache)
         lo, hi = b.bounds(budget.eps)
@@ -457,7 +487,12 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
         if post is not None:
             best = post(best, lo, hi)
         for j, i in enumerate(batch):
-            out[int(prob.order[i])] = b.crop(best, j)
+            lv = np.rint(b.crop(best, j) * 255.0)
+            out[int(prob.order[i])] = lv.astype(np.float32) / 255.0
+            s["levels"].append(torch.from_numpy(lv.astype(np.int16)).to(level_dtype))
+        s["batches"] = k + 1
+        if checkpoint is not None:
+            checkpoint.maybe_save(build)
         if tick is not None:
             tick()
     if prob.data.uniform and out:
@@ -504,11 +539,17 @@ class Checkpoint:
     """
 
     def __init__(self, workdir: Optional[str], name: str, signature: str, every_s: float = 300.0):
+        self.workdir, self.name = workdir, name
         self.path = None if not workdir else os.path.join(workdir, f"{name}.ckpt.pt")
         self.signature = signature
         self.every_s = float(every_s)
         self.last = time.monotonic()
         self.resumed = False
+
+    def sibling(self, part: str, every_s: Optional[float] = None) -> "Checkpoint":
+        """A checkpoint for another part of the same run (same folder and signature)."""
+        return Checkpoint(self.workdir, f"{self.name}-{part}", self.signature,
+                          self.every_s if every_s is None else every_s)
 
     def load(self) -> Optional[Dict[str, Any]]:
         if self.path is None or not os.path.isfile(self.path):

@@ -157,6 +157,7 @@ class REM(OptimMethod):
             out = through_resize(
                 prob, lambda a, idx: grad_fn(a, prob.y[idx]), steps=self.pgd_steps, alpha=alpha, budget=budget,
                 start=lambda d0, idx: d0.uniform_(-eps, eps, generator=g_noise), batch_size=bs, tick=tick,
+                checkpoint=ck.sibling("native"), generators={"g_aug": g_aug, "g_noise": g_noise},
                 post=lambda d, lo, hi: torch.minimum(torch.maximum(round_to_levels(d).clamp_(-lim, lim), lo), hi))
         while not prob.through and s["sweep"] < nb_final:  # final pass: every image, in order, final surrogate
             sl = slice(s["sweep"] * bs, min(n, (s["sweep"] + 1) * bs))

@@ -167,9 +167,11 @@ class SEP(OptimMethod):
                          "targets": f"y+{shift} mod K", "surrogate_train": self._train_info}
         if prob.through:
             tick = Ticker(progress, native_batches(prob, bs))
+            native = ck.sibling("native")
             out = through_resize(prob, lambda a, idx: grad_fn(a, tgt_all[idx]), steps=self.steps,
                                  alpha=float(self.step_size), budget=budget, start=lambda d0, idx: d0,
-                                 batch_size=bs, tick=tick)
+                                 batch_size=bs, tick=tick, checkpoint=native)
+            self.last_run["resumed"] = native.resumed
             tick.finish()
             return out
         delta = torch.zeros((n,) + prob.shape, device=dev)

@@ -157,14 +157,16 @@ class TAP(OptimMethod):
 
         if prob.through:
             tick = Ticker(progress, native_batches(prob, bs))
+            native = ck.sibling("native")
             out = through_resize(
                 prob, lambda a, idx: input_grad(model, a, tgt_all[idx], loss_fn=loss_fn, augment=aug, generator=g,
                                                 return_loss=True),
                 steps=self.steps, alpha=alpha, budget=budget, restarts=restarts, batch_size=bs, tick=tick,
-                start=lambda d0, idx: d0.normal_(generator=g).mul_(eps))  # ε·N(0, I), clipped
+                start=lambda d0, idx: d0.normal_(generator=g).mul_(eps),  # ε·N(0, I), clipped
+                checkpoint=native, generators={"g": g})
             tick.finish()
             self.last_run = {"passes": restarts * int(self.steps), "restarts": restarts, "surrogate_train": info,
-                             "surrogate": model, "resumed": ck.resumed, "targets": targets,
+                             "surrogate": model, "resumed": native.resumed, "targets": targets,
                              "through_resize": True}
             return out
         delta = torch.zeros((n,) + prob.shape, device=dev)
