@@ -54,6 +54,42 @@ def check_same_classes(a: ImageSet, b: ImageSet, what_a: str, what_b: str) -> No
         raise UnlearnableError(f"{what_a} and {what_b} have different classes: {a.classes} vs {b.classes}")
 
 
+def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
+                  seed: int = 0) -> Tuple[ImageSet, ImageSet, ImageSet]:
+    """A test set for a data owner who has only their own images.
+
+    Holds out ``fraction`` of each class of the clean images (chosen by a seeded draw over
+    the sorted ids, so the split does not depend on load order) as the clean test set, and
+    drops the same ids from both training sets: victims are tested on images they never saw,
+    in either version. Every class keeps at least one training image.
+
+    Returns:
+        ``(protected_train, clean_train, test)``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise UnlearnableError(f"--holdout must be a fraction between 0 and 1, got {fraction:g}")
+    labels = clean.require_labels("holding out a test set")
+    check_same_classes(protected, clean, "protected set", "clean set")
+    index = {id_: i for i, id_ in enumerate(clean.ids)}
+    missing = [i for i in protected.ids if i not in index]
+    if missing:
+        raise UnlearnableError(f"{len(missing)} protected images have no clean counterpart (first: {missing[0]}); "
+                               "--clean must be the folder that was protected")
+    rng = np.random.default_rng(seed)
+    held = set()
+    wanted = set(protected.ids)
+    for k in range(clean.num_classes):
+        ids = sorted(clean.ids[i] for i in np.flatnonzero(labels == k) if clean.ids[i] in wanted)
+        n_test = min(int(round(fraction * len(ids))), len(ids) - 1)
+        held.update(ids[j] for j in rng.permutation(len(ids))[:max(0, n_test)])
+    if not held:
+        raise UnlearnableError(f"too few images to hold out {fraction:.0%} as a test set; pass --test TEST")
+    test = clean.subset([index[i] for i in sorted(held)])
+    keep_p = [j for j, i in enumerate(protected.ids) if i not in held]
+    keep_c = [j for j, i in enumerate(clean.ids) if i not in held]
+    return protected.subset(keep_p), clean.subset(keep_c), test
+
+
 def fingerprint(*arrays: np.ndarray) -> str:
     """Hash of arrays' shapes, dtypes and bytes (part of a run key)."""
     h = hashlib.blake2b(digest_size=16)

@@ -84,7 +84,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit
+    from .audit import AuditLog, holdout_split, markdown_table, recovered_accuracy, run_audit
     from .data import find_splits, load_images
     from .progress import progress_ui
 
@@ -97,13 +97,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     protected = load_protected(args.protected, split="train")
     clean = load_images(args.clean, split="train") if args.clean else None
+    held = ""
+    if args.holdout is not None and args.test:
+        raise UnlearnableError("pass either --test TEST or --holdout FRACTION, not both")
     if args.test:
         test = load_images(args.test, split="test")
-    elif args.clean and "test" in find_splits(args.clean):
+    elif args.clean and args.holdout is None and "test" in find_splits(args.clean):
         test = load_images(args.clean, split="test")
+    elif args.clean:  # a data owner's own folder: test on clean images held out of training
+        fraction = 0.2 if args.holdout is None else args.holdout
+        protected, clean, test = holdout_split(protected, clean, fraction, seed=args.seed)
+        held = f" ({fraction:.0%} of the clean images per class, held out of both training sets)"
     else:
-        raise UnlearnableError("no test set: pass --test TEST (or a --clean folder with a test/ split)")
-    _print(f"protected: {protected.summary()}; test: {test.summary()}"
+        raise UnlearnableError("no test set: pass --test TEST, or --clean CLEAN to hold out part of it as one")
+    _print(f"protected: {protected.summary()}; test: {test.summary()}{held}"
            + (f"; clean: {clean.summary()}" if clean else ""))
     if len(protected) < 500 or len(test) < 200:
         _print(f"warning: {len(protected)} training and {len(test)} test images are few; "
@@ -387,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("protected", help="protected training set (folder or .npz)")
     a.add_argument("--clean", default=None, help="clean training set (and test split, if it has one)")
     a.add_argument("--test", default=None, help="clean test set")
+    a.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="test on this fraction of the --clean images, held out of both training sets "
+                        "(default 0.2 when there is no --test and --clean has no test split)")
     a.add_argument("--defenses", default="standard", help="comma-separated defenses, e.g. none,standard")
     a.add_argument("--arch", default=None, help="victim architecture (default: the recipe's)")
     a.add_argument("--recipe", default="auto",

@@ -49,8 +49,12 @@ def test_audit_protect_then_audit(tmp_path, capsys):
 
 def test_audit_errors(tmp_path, capsys):
     train = colour_folder(tmp_path / "train")
-    code = main(["audit", str(train), "--clean", str(train)])
-    assert code == 2 and "test" in capsys.readouterr().err
+    code = main(["audit", str(train)])
+    assert code == 2 and "no test set" in capsys.readouterr().err
+    code = main(["audit", str(train), "--clean", str(train), "--test", str(train), "--holdout", "0.2"])
+    assert code == 2 and "either --test TEST or --holdout" in capsys.readouterr().err
+    code = main(["audit", str(train), "--clean", str(train), "--holdout", "1.5"])
+    assert code == 2 and "--holdout must be a fraction between 0 and 1, got 1.5" in capsys.readouterr().err
     other = tmp_path / "other"
     for c in ("x", "y"):
         (other / c).mkdir(parents=True)
@@ -61,6 +65,41 @@ def test_audit_errors(tmp_path, capsys):
     assert code == 2 and "nope" in capsys.readouterr().err
     code = main(["audit", str(train), "--test", str(train), "--recipe", "nope"])
     assert code == 2 and "nope" in capsys.readouterr().err
+
+
+def test_audit_holds_out_a_test_set_from_the_owners_folder(tmp_path, capsys):
+    # A data owner has only their photos: audit tests on clean images neither victim trained on.
+    train = colour_folder(tmp_path / "photos", n_per_class=10)
+    out = tmp_path / "prot"
+    assert main(["protect", str(train), "--out", str(out), "--method", "regions-4", "--quiet"]) == 0
+    capsys.readouterr()
+    js = tmp_path / "a.json"
+    code = main(["audit", str(out), "--clean", str(train), "--defenses", "none", "--recipe", "cpu-small",
+                 "--epochs", "1", "--json", str(js), "--quiet"])
+    o = capsys.readouterr()
+    assert code == 0, o.err
+    assert "test: 4 images" in o.err and "20% of the clean images per class, held out" in o.err
+    assert "16 images" in o.err and {r["trained_on"] for r in json.loads(js.read_text())} == {"clean", "protected"}
+
+
+def test_holdout_split_is_stratified_disjoint_and_order_free(tmp_path):
+    from unlearnable.audit import holdout_split
+    from unlearnable.errors import UnlearnableError
+
+    clean = load_images(colour_folder(tmp_path / "c", n_per_class=10))
+    prot = clean.with_images(255 - clean.stacked())
+    p_tr, c_tr, test = holdout_split(prot, clean, 0.3, seed=1)
+    assert len(test) == 6 and np.bincount(test.labels).tolist() == [3, 3]
+    assert set(test.ids).isdisjoint(p_tr.ids) and set(test.ids).isdisjoint(c_tr.ids)
+    assert sorted(p_tr.ids) == sorted(c_tr.ids) and len(p_tr) == 14
+    assert (test.stacked() == clean.subset([clean.ids.index(i) for i in test.ids]).stacked()).all()  # clean pixels
+    perm = np.random.default_rng(0).permutation(len(clean))
+    assert holdout_split(prot.subset(perm), clean.subset(perm[::-1]), 0.3, seed=1)[2].ids == test.ids
+    assert holdout_split(prot, clean, 0.3, seed=2)[2].ids != test.ids
+    two = clean.subset([0, 1, 10, 11])  # every class keeps a training image
+    assert len(holdout_split(two.with_images(two.stacked()), two, 0.9)[0]) == 2
+    with pytest.raises(UnlearnableError, match="no clean counterpart"):
+        holdout_split(prot, clean.subset(range(5)), 0.2)
 
 
 def test_summary_helpers():
