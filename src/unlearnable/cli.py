@@ -83,9 +83,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, holdout_split, markdown_table, recovered_accuracy, run_audit
+def _test_set(args: argparse.Namespace, protected, clean):
+    """The clean test set for victims: ``--test``, the ``--clean`` folder's test split, or a
+    ``--holdout`` fraction of the clean images (default 0.2 when there is nothing else),
+    dropped from both training sets. Returns ``(protected, clean, test, note)``."""
+    from .audit import holdout_split
     from .data import find_splits, load_images
+
+    if args.holdout is not None and args.test:
+        raise UnlearnableError("pass either --test TEST or --holdout FRACTION, not both")
+    if args.test:
+        return protected, clean, load_images(args.test, split="test"), ""
+    if args.clean and args.holdout is None and "test" in find_splits(args.clean):
+        return protected, clean, load_images(args.clean, split="test"), ""
+    if not args.clean:
+        raise UnlearnableError("no test set: pass --test TEST, or --clean CLEAN to hold out part of it as one")
+    # A data owner's own folder: test on clean images that neither victim trains on.
+    fraction = 0.2 if args.holdout is None else args.holdout
+    protected, clean, test = holdout_split(protected, clean, fraction, seed=args.seed)
+    return protected, clean, test, f" ({fraction:.0%} of the clean images per class, held out of both training sets)"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit
+    from .data import load_images
     from .progress import progress_ui
 
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
@@ -97,19 +118,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     protected = load_protected(args.protected, split="train")
     clean = load_images(args.clean, split="train") if args.clean else None
-    held = ""
-    if args.holdout is not None and args.test:
-        raise UnlearnableError("pass either --test TEST or --holdout FRACTION, not both")
-    if args.test:
-        test = load_images(args.test, split="test")
-    elif args.clean and args.holdout is None and "test" in find_splits(args.clean):
-        test = load_images(args.clean, split="test")
-    elif args.clean:  # a data owner's own folder: test on clean images held out of training
-        fraction = 0.2 if args.holdout is None else args.holdout
-        protected, clean, test = holdout_split(protected, clean, fraction, seed=args.seed)
-        held = f" ({fraction:.0%} of the clean images per class, held out of both training sets)"
-    else:
-        raise UnlearnableError("no test set: pass --test TEST, or --clean CLEAN to hold out part of it as one")
+    protected, clean, test, held = _test_set(args, protected, clean)
     _print(f"protected: {protected.summary()}; test: {test.summary()}{held}"
            + (f"; clean: {clean.summary()}" if clean else ""))
     if len(protected) < 500 or len(test) < 200:
@@ -225,15 +234,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     elif what == "dfr":
         from .analysis.dfr import dfr
         from .audit import as_training_arrays, check_same_classes, training_size
-        from .data import find_splits, load_images
         from .progress import progress_ui
 
-        if args.test:
-            test = load_images(args.test, split="test")
-        elif "test" in find_splits(args.clean):
-            test = load_images(args.clean, split="test")
-        else:
-            raise UnlearnableError("dfr needs a clean test set: pass --test TEST (or a --clean folder with a test/ split)")
+        protected, clean, test, held = _test_set(args, protected, clean)
+        if held:
+            _print(f"test: {test.summary()}{held}")
         check_same_classes(protected, test, "protected set", "test set")
         hw = (args.size, args.size) if args.size else training_size(protected, test, clean)
         px, py = as_training_arrays(protected, hw)
@@ -425,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("protected", help="protected training set (folder or .npz)")
     z.add_argument("--clean", required=True, help="the clean set the protected one was made from (same ids)")
     z.add_argument("--test", default=None, help="dfr: clean test set (default: the --clean folder's test split)")
+    z.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="dfr: test on this fraction of the clean images, held out of training and of the "
+                        "refit (default 0.2 when there is no test set)")
     z.add_argument("--split", default="train", help="split to compare when the inputs have splits (default train)")
     z.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     z.add_argument("--out", default=None, metavar="PNG", help="tsne: output image (default tsne.png)")

@@ -123,6 +123,20 @@ def test_cli_analyze_separability_csd_quality_end_to_end(tmp_path, capsys):
     assert "same ids" in capsys.readouterr().err
 
 
+def test_cli_analyze_dfr_on_an_owners_folder_holds_out_its_test_set(tmp_path, capsys):
+    src = make_folder(tmp_path / "in", n_per_class=10)
+    prot = tmp_path / "prot"
+    assert main(["protect", str(src), "--out", str(prot), "--method", "random-classwise", "--quiet"]) == 0
+    capsys.readouterr()
+    js = tmp_path / "dfr.json"
+    assert main(["analyze", "dfr", str(prot), "--clean", str(src), "--recipe", "cpu-small", "--epochs", "1",
+                 "--n-clean", "10", "--device", "cpu", "--quiet", "--json", str(js)]) == 0
+    o = capsys.readouterr()
+    assert "test: 6 images" in o.err and "held out" in o.err and "DFR (10 clean images" in o.out
+    assert 0 <= json.loads(js.read_text())["max_acc"] <= 1
+    assert main(["analyze", "dfr", str(prot), "--clean", str(src), "--test", str(src), "--holdout", "0.3"]) == 2
+
+
 def test_cli_analyze_mixed_sizes_work_at_one_size(tmp_path, capsys):
     # Photos come in many sizes: the perturbation analyses resize x' and x alike (audit's rule,
     # or --size) instead of refusing.
