@@ -314,7 +314,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .data.formats import import_to_folder
 
-    manifest = import_to_folder(args.poison, args.clean, args.out, fmt=args.format, overwrite=args.overwrite)
+    manifest = import_to_folder(args.poison, args.clean, args.out, fmt=args.format, overwrite=args.overwrite,
+                                check_order=not args.no_alignment_check)
     n = manifest["norms"]
     print(f"imported {manifest['input']['n_images']} images ({manifest['method']}) → {Path(args.out).resolve()}")
     print(f"measured change against the clean set: ℓ∞ max {n['linf_grey_levels']['max']:.0f} grey levels, "
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--format", default="auto", choices=["auto", *FORMATS])
     m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--no-alignment-check", action="store_true",
+                   help="import even when the poison's images look like other images than the clean ones "
+                        "(a median change above 32 grey levels per pixel: usually a clean set in another order)")
     m.set_defaults(func=cmd_import)
 
     for kind in ("methods", "defenses", "models", "recipes"):

@@ -195,6 +195,24 @@ def test_detect_and_unknown(clean, tmp_path):
         import_poison(f, clean, fmt="nope")
 
 
+def test_a_clean_set_in_another_order_is_refused(clean, tmp_path, capsys):
+    # An APBench/TAP folder made in CIFAR's order, imported against the same images in another
+    # order: every "poisoned" image is a different image, and its label would be wrong.
+    prot = clean.with_images(expected(clean, noise_levels()))
+    folder = export_png_index(prot, tmp_path / "poison")
+    perm = np.roll(np.arange(N), 1)
+    shuffled = ImageSet(clean.images[perm], clean.labels[perm], clean.classes, [clean.ids[i] for i in perm])
+    with pytest.raises(UnlearnableError, match=r"poison: its images differ from the clean ones by a median \d+ grey "
+                                               r"levels per pixel \(12 of 12 above 32\).*index order"):
+        import_poison(folder, shuffled)
+    assert import_poison(folder, shuffled, check_order=False).method == "import:png-index"
+    export_npz(shuffled, tmp_path / "shuffled.npz")
+    args = ["import", str(folder), "--clean", str(tmp_path / "shuffled.npz"), "--out", str(tmp_path / "o")]
+    assert cli_main(args) == 2 and "--no-alignment-check" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert cli_main(args + ["--no-alignment-check"]) == 0
+
+
 def test_import_to_folder_verifies(clean, tmp_path):
     clean_path = tmp_path / "clean.npz"
     export_npz(clean, clean_path)
