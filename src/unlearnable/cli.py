@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import time
@@ -58,6 +59,9 @@ def cmd_protect(args: argparse.Namespace) -> int:
     print(f"measured change: ℓ∞ max {n['linf_grey_levels']['max']:.0f} grey levels "
           f"(mean {n['linf_grey_levels']['mean']:.2f}), ℓ2 max {n['l2']['max']:.3f}, "
           f"mean |Δ| {n['mean_abs_grey_levels']['mean']:.2f} levels; total {time.perf_counter() - t0:.1f}s")
+    if not args.quiet:  # the budget says how small the change is, not how well it protects
+        _print(f"how much a trainer can still learn from it: unlearnable audit {shlex.quote(str(args.out))} "
+               f"--clean {shlex.quote(str(args.input))} --defenses none,standard,jpeg10")
     return 0
 
 

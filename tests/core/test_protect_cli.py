@@ -52,6 +52,21 @@ def snapshot(folder: Path):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_protect_points_to_the_audit_that_runs(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    src = make_folder(tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    code, o = run(["protect", "in", "--out", "my out", "--method", "random-classwise"], capsys)
+    assert code == 0, o.err
+    hint = [line for line in o.err.splitlines() if "unlearnable audit" in line][-1]
+    args = shlex.split(hint.split(": ", 1)[1])[1:]
+    assert args[:3] == ["audit", "my out", "--clean"] and src.name == args[3]
+    code, o = run(args + ["--recipe", "cpu-small", "--epochs", "1", "--quiet"], capsys)
+    assert code == 0, o.err
+    assert "| jpeg10 |" in o.out
+
+
 def test_protect_verify_reload(tmp_path, capsys):
     src = make_folder(tmp_path / "in")
     before = snapshot(src)
