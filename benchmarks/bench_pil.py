@@ -52,7 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("--victim-arch", default=None, help="override the recipe's architecture (e.g. linear)")
     ap.add_argument("--victim-epochs", type=int, default=None)
     ap.add_argument("--victim-defense", default="standard", help="trainer's defense spec; 'none' for no augmentation")
+    ap.add_argument("--victim-seeds", default=None, metavar="S,S,...",
+                    help="train the victims once per seed (default: --seed) and print each test-accuracy curve")
     ap.add_argument("--clean-victim", action="store_true", help="also train the victim on the clean (sub)set")
+    ap.add_argument("--param", action="append", metavar="NAME=VALUE",
+                    help="further PIL hyperparameter, e.g. surrogate_reference_size=0 (repeatable)")
     ap.add_argument("--record", action="store_true", help="append the results to --results")
     ap.add_argument("--results", default=str(RESULTS), help="results file for --record")
     args = ap.parse_args(argv)
@@ -79,7 +83,10 @@ def main(argv=None) -> int:
     train = seeded_subset(train, args.subset, args.seed)
     target = train if args.labels == "true" else ImageSet(train.stacked(), None, [], train.ids)
 
-    method = create_method("pil", surrogate_fit=args.surrogate_fit, attack_batch=args.attack_batch)
+    from unlearnable.cli import parse_params
+
+    extra = parse_params(args.param)
+    method = create_method("pil", surrogate_fit=args.surrogate_fit, attack_batch=args.attack_batch, **extra)
     if dev.startswith("cuda"):  # warm-up: CUDA context and kernels, not part of the timing
         create_method("pil", surrogate_epochs=1, steps=1).protect(train.subset(range(min(2048, len(train)))),
                                                                  args.eps, seed=args.seed, device=dev)
@@ -95,11 +102,13 @@ def main(argv=None) -> int:
     out(f"data: {len(train)} CIFAR-10 train images ({'subset' if args.subset else 'all'}), labels={args.labels}"
         + (f" (k-means k={res.pseudo_labels['k']})" if res.pseudo_labels else "")
         + f"; eps {args.eps}; seed {args.seed}; surrogate_fit={args.surrogate_fit}; "
-          f"attack_batch={method.attack_batch or 'default'}")
+          f"attack_batch={method.attack_batch or 'default'}"
+        + "".join(f"; {k}={v}" for k, v in extra.items()))
     out(f"load (not in generation): {load_s:.2f} s")
     out(f"surrogate fit: {run['fit_seconds']:.2f} s | attack: {run['attack_seconds']:.2f} s | "
         f"total protect (fit+attack+quantise+verify): {res.seconds:.2f} s")
-    out(f"surrogate accuracy: train {run['surrogate_train_acc']:.4f} (vs its own labels) | clean test {test_acc:.4f}")
+    out(f"surrogate: {run['surrogate_epochs']} epochs | accuracy: train {run['surrogate_train_acc']:.4f} "
+        f"(vs its own labels) | clean test {test_acc:.4f}")
     out(f"measured linf: max {res.norms['linf']['max']:.0f} / mean {res.norms['linf']['mean']:.2f} grey levels; "
         f"mean |change| {res.norms['mean_abs']['mean']:.2f}; within budget: {res.within_budget}")
 
@@ -112,11 +121,16 @@ def main(argv=None) -> int:
             recipe = dataclasses.replace(recipe, epochs=args.victim_epochs)
         defense = None if args.victim_defense == "none" else args.victim_defense
         sets = [("protected", res.protected.stacked())] + ([("clean", train.stacked())] if args.clean_victim else [])
+        seeds = [int(v) for v in args.victim_seeds.split(",")] if args.victim_seeds else [args.seed]
         for name, x in sets:
-            v = train_victim(x, train.labels, test.stacked(), test.labels, recipe=recipe, defense=defense,
-                             arch=args.victim_arch, num_classes=10, seed=args.seed, device=dev)
-            out(f"victim on {name}: {v.arch}, recipe {recipe.name} ({recipe.epochs} ep), defense {args.victim_defense}: "
-                f"final {v.final_acc:.4f} best {v.best_acc:.4f} ({v.seconds:.1f} s)")
+            for vs in seeds:
+                v = train_victim(x, train.labels, test.stacked(), test.labels, recipe=recipe, defense=defense,
+                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev)
+                out(f"victim on {name}{f' (seed {vs})' if args.victim_seeds else ''}: {v.arch}, recipe {recipe.name} "
+                    f"({recipe.epochs} ep), defense {args.victim_defense}: "
+                    f"final {v.final_acc:.4f} best {v.best_acc:.4f} ({v.seconds:.1f} s)")
+                if args.victim_seeds:
+                    out("  test accuracy per epoch: " + " ".join(f"{e['test_acc']:.3f}" for e in v.curve))
 
     if args.record:
         text = "\n".join(["```", *lines, "```"])

@@ -286,6 +286,28 @@ def recovered_accuracy(records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]
     return {"defense": best["defense"], "final_acc": credited_acc(best)}
 
 
+def best_epoch_warnings(records: List[Dict[str, Any]], gap: float = 0.10) -> List[str]:
+    """Warnings for protected runs whose best epoch beat their credited accuracy by over ``gap``.
+
+    Victims of some poisons learn the real features first and the shortcut late, as the
+    learning rate anneals (PIL under augmentation, measured: ``benchmarks/RESULTS.md``, "PIL:
+    victim seeds"): 46 % at epoch 11, 18 % at the end. The final-epoch number is the field's
+    protocol, but a trainer who keeps the epoch that scores best on a few clean labelled
+    images gets the higher one, so the owner should see both.
+    """
+    out = []
+    for r in records:
+        if r.get("trained_on") != "protected" or r.get("best_acc") is None:
+            continue
+        final = credited_acc(r)
+        if r["best_acc"] - final > gap:
+            at = f" at epoch {r['best_epoch']}" if r.get("best_epoch") else ""
+            out.append(f"{r['defense']}: the protected victim reached {100 * r['best_acc']:.1f}%{at} and ended at "
+                       f"{100 * final:.1f}%; a trainer who keeps the epoch that scores best on clean labelled images "
+                       "gets the higher number")
+    return out
+
+
 def markdown_table(records: List[Dict[str, Any]]) -> str:
     """The audit table in Markdown (accuracies in %, final epoch; best in brackets)."""
     def pct(v):

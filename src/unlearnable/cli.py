@@ -109,7 +109,7 @@ def _test_set(args: argparse.Namespace, protected, clean):
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit
+    from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit, best_epoch_warnings
     from .data import load_images
     from .progress import progress_ui
 
@@ -148,6 +148,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rec = recovered_accuracy(records)
     if rec:
         _print(f"recovered accuracy: {100 * rec['final_acc']:.2f}% ({rec['defense']})")
+    for w in best_epoch_warnings(records):
+        _print(f"warning: {w}")
     return 0
 
 

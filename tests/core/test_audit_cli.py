@@ -102,6 +102,20 @@ def test_holdout_split_is_stratified_disjoint_and_order_free(tmp_path):
         holdout_split(prot, clean.subset(range(5)), 0.2)
 
 
+def test_a_best_epoch_far_above_the_final_one_is_flagged():
+    from unlearnable.audit import best_epoch_warnings
+
+    def rec(on, accs, **kw):
+        return {"defense": "standard", "trained_on": on, "final_acc": accs[-1], "best_acc": max(accs),
+                "best_epoch": 1 + accs.index(max(accs)), **kw}
+
+    pil_victim = rec("protected", [0.114, 0.463, 0.221, 0.176])  # measured shape: features first, shortcut late
+    (w,) = best_epoch_warnings([rec("clean", [0.9, 0.5]), pil_victim, rec("protected", [0.2, 0.25, 0.21])])
+    assert "reached 46.3% at epoch 2 and ended at 17.6%" in w
+    # early-stop is credited with its selected epoch, which is what the gap is measured from
+    assert best_epoch_warnings([rec("protected", [0.1, 0.46, 0.2], selected_epoch=2, selected_acc=0.46)]) == []
+
+
 def test_summary_helpers():
     recs = [{"defense": "none", "trained_on": "clean", "final_acc": 0.9, "best_acc": 0.92},
             {"defense": "none", "trained_on": "protected", "final_acc": 0.1, "best_acc": 0.2},

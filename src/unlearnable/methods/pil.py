@@ -374,6 +374,7 @@ class PIL(Method):
             t2 = time.perf_counter()
             out = deltas_to_native(data, delta.neg_().numpy().reshape(n, h, w, 3)[inv], "bilinear")
         self.last_run = {"fit_seconds": t1 - t0, "attack_seconds": t2 - t1, "working_size": (h, w),
+                         "surrogate_epochs": self.surrogate_recipe()["epochs"],
                          "surrogate_train_acc": surrogate_accuracy(w1, w2, x, y),
                          "surrogate": (w1.cpu(), w2.cpu())}
         return out
