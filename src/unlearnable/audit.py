@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -159,11 +160,15 @@ def _read_records(path) -> List[Dict[str, Any]]:
 
 def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] = None,
               defenses: Sequence[str] = ("standard",), arch: Optional[str] = None, recipe: str = "paper",
-              epochs: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
+              epochs: Optional[int] = None, seed: Union[int, Sequence[int]] = 0, device: Optional[str] = None,
               size: Optional[int] = None, progress: EpochTick = None,
               on_result: Optional[Callable[[Dict[str, Any]], None]] = None,
               reuse: Iterable[Dict[str, Any]] = ()) -> List[Dict[str, Any]]:
     """Train victims per defense on clean (if given) and protected data; return one record each.
+
+    ``seed`` may be a list: every run is then trained once per seed (a record each), and the
+    summaries report the mean over seeds and the worst case for the owner (some poisons'
+    final accuracies vary by tens of points between seeds: ``benchmarks/RESULTS.md``).
 
     Each record holds ``defense``, ``trained_on`` (``clean``/``protected``), ``acc`` (the
     credited accuracy: ``selected_acc`` for defenses that select an epoch on validation data,
@@ -180,6 +185,9 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
     from .train.engine import train_victim
     from .train.recipes import get_recipe
 
+    seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(v) for v in seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UnlearnableError(f"seeds must be distinct and at least one, got {seeds}")
     rec = get_recipe(recipe)
     if epochs is not None:
         if epochs < 1:
@@ -219,7 +227,7 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
     train_fps = {name: fingerprint(*arrays) for name, arrays in train_sets}
     clean_fp = fingerprint(context["clean_x"], context["clean_y"]) if context else None
     for spec, defense in defense_objs:
-        for trained_on, (x, y) in train_sets:
+        for (trained_on, (x, y)), seed in itertools.product(train_sets, seeds):  # a defense's runs together
             needs_clean = trained_on == "protected" and _requires_clean(defense)
             key = run_key(defense=defense.spec, train=train_fps[trained_on], test=test_fp, recipe=rec, seed=seed,
                           size=hw, device=device_type, clean=clean_fp if needs_clean else None)
@@ -229,7 +237,8 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
                 if on_result:
                     on_result(record)
                 continue
-            tick = progress(f"{spec}/{trained_on}") if progress else None
+            label = f"{spec}/{trained_on}" + (f"/seed {seed}" if len(seeds) > 1 else "")
+            tick = progress(label) if progress else None
             # On the clean run the "clean counterparts" are the training images themselves.
             ctx = context if trained_on == "protected" else {"clean_x": x, "clean_y": y}
             result = train_victim(x, y, test_x, test_y, recipe=rec, defense=defense, num_classes=test.num_classes,
@@ -261,16 +270,27 @@ def summarize(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per defense: clean and protected credited/best accuracy and the drop.
 
     ``*_final`` is the credited accuracy (final epoch, or the validation-selected epoch for
-    ``early-stop``-like defenses, flagged by ``selected``).
+    ``early-stop``-like defenses, flagged by ``selected``). With several seeds per run,
+    ``*_final`` and ``*_best`` are means over the seeds, ``*_sd`` the standard deviation of
+    the credited accuracy, ``*_max`` its largest value and ``*_n`` the number of seeds.
     """
     rows: Dict[str, Dict[str, Any]] = {}
+    runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for r in records:
-        row = rows.setdefault(r["defense"], {"defense": r["defense"]})
-        row[f"{r['trained_on']}_final"] = credited_acc(r)
-        row[f"{r['trained_on']}_best"] = r["best_acc"]
-        if r.get("selected_epoch") is not None:
+        rows.setdefault(r["defense"], {"defense": r["defense"]})
+        runs.setdefault((r["defense"], r["trained_on"]), []).append(r)
+    for (defense, on), rs in runs.items():
+        row = rows[defense]
+        acc = np.array([credited_acc(r) for r in rs], dtype=np.float64)
+        row[f"{on}_final"] = float(acc.mean())
+        row[f"{on}_best"] = float(np.mean([r["best_acc"] for r in rs]))
+        row[f"{on}_sd"] = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
+        row[f"{on}_max"] = float(acc.max())
+        row[f"{on}_n"] = len(acc)
+        selected = [r["selected_epoch"] for r in rs if r.get("selected_epoch") is not None]
+        if selected:
             row["selected"] = True
-            row[f"{r['trained_on']}_selected_epoch"] = r["selected_epoch"]
+            row[f"{on}_selected_epoch"] = selected[0] if len(selected) == 1 else selected
     for row in rows.values():
         if "clean_final" in row and "protected_final" in row:
             row["drop"] = row["clean_final"] - row["protected_final"]
@@ -278,12 +298,17 @@ def summarize(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def recovered_accuracy(records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The best credited accuracy any defense reached on the protected data (worst case for the owner)."""
-    prot = [r for r in records if r["trained_on"] == "protected"]
-    if not prot:
+    """The defense whose protected victims scored best (mean over seeds): the owner's worst case.
+
+    Returns ``defense``, ``final_acc`` (its mean credited accuracy), ``max_acc`` (its best
+    single run) and ``n`` (runs); ``None`` without protected runs.
+    """
+    rows = [row for row in summarize(records) if "protected_final" in row]
+    if not rows:
         return None
-    best = max(prot, key=credited_acc)
-    return {"defense": best["defense"], "final_acc": credited_acc(best)}
+    best = max(rows, key=lambda row: row["protected_final"])
+    return {"defense": best["defense"], "final_acc": best["protected_final"], "max_acc": best["protected_max"],
+            "n": best["protected_n"]}
 
 
 def best_epoch_warnings(records: List[Dict[str, Any]], gap: float = 0.10) -> List[str]:
@@ -313,19 +338,26 @@ def markdown_table(records: List[Dict[str, Any]]) -> str:
     def pct(v):
         return "—" if v is None else f"{100 * v:.2f}"
 
+    def cell(row, on):
+        if f"{on}_final" not in row:
+            return "—"
+        sd = f" ± {100 * row[f'{on}_sd']:.2f}" if row[f"{on}_n"] > 1 else ""
+        return f"{pct(row[f'{on}_final'])}{sd} ({pct(row[f'{on}_best'])})"
+
     lines = ["| defense | clean acc % | protected acc % | drop (points) |", "|---|---|---|---|"]
     rows = summarize(records)
     for row in rows:
-        c = f"{pct(row.get('clean_final'))} ({pct(row.get('clean_best'))})" if "clean_final" in row else "—"
-        p = f"{pct(row.get('protected_final'))} ({pct(row.get('protected_best'))})"
         drop = f"{100 * row['drop']:.2f}" if "drop" in row else "—"
         mark = " †" if row.get("selected") else ""
-        lines.append(f"| {row['defense']}{mark} | {c} | {p} | {drop} |")
+        lines.append(f"| {row['defense']}{mark} | {cell(row, 'clean')} | {cell(row, 'protected')} | {drop} |")
     rec = recovered_accuracy(records)
+    seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
     if rec:
         lines.append("")
+        over = (f" Means ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); the best single "
+                f"run with `{rec['defense']}` reached {pct(rec['max_acc'])}%." if rec["n"] > 1 else "")
         lines.append(f"Recovered accuracy (best defense on protected data): {pct(rec['final_acc'])}% with `{rec['defense']}`."
-                     " Accuracies are final-epoch; best epoch in brackets.")
+                     f" Accuracies are final-epoch; best epoch in brackets.{over}")
     if any(row.get("selected") for row in rows):
         lines.append("")
         lines.append("† Early stopping: accuracy at the epoch with the best validation accuracy on data held out from"

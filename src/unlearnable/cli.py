@@ -87,6 +87,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str) -> List[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UnlearnableError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise UnlearnableError("--seeds is empty")
+    return seeds
+
+
 def _test_set(args: argparse.Namespace, protected, clean):
     """The clean test set for victims: ``--test``, the ``--clean`` folder's test split, or a
     ``--holdout`` fraction of the clean images (default 0.2 when there is nothing else),
@@ -116,6 +126,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not defenses:
         raise UnlearnableError("--defenses is empty")
+    seeds = _seed_list(args.seeds) if args.seeds else [args.seed]
     # Before loading anything: a clash with an existing --json fails at once.
     log = AuditLog(args.json, resume=args.resume, overwrite=args.overwrite, reuse=args.reuse or ())
     from .protect import load_protected
@@ -132,7 +143,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         with progress_ui(not args.quiet) as ui:
             records = run_audit(protected, test, clean=clean, defenses=defenses, arch=args.arch,
                                 recipe=auto_recipe(args.recipe, args.device),
-                                epochs=args.epochs, seed=args.seed, device=args.device, size=args.size,
+                                epochs=args.epochs, seed=seeds, device=args.device, size=args.size,
                                 progress=ui, on_result=log.add, reuse=log.earlier)
     except KeyboardInterrupt:
         if args.json and log.records:
@@ -147,7 +158,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _write_text(args.markdown, table + "\n")
     rec = recovered_accuracy(records)
     if rec:
-        _print(f"recovered accuracy: {100 * rec['final_acc']:.2f}% ({rec['defense']})")
+        over = f"; mean of {rec['n']} seeds, best run {100 * rec['max_acc']:.2f}%" if rec["n"] > 1 else ""
+        _print(f"recovered accuracy: {100 * rec['final_acc']:.2f}% ({rec['defense']}{over})")
     for w in best_epoch_warnings(records):
         _print(f"warning: {w}")
     return 0
@@ -416,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     a.add_argument("--size", type=int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="train every victim once per seed and report mean ± sd (some poisons' results vary "
+                        "by tens of points between seeds); overrides --seed")
     a.add_argument("--device", default=None)
     a.add_argument("--json", default=None, metavar="FILE",
                    help="write the records as JSON (rewritten after every finished run)")

@@ -122,8 +122,45 @@ def test_summary_helpers():
             {"defense": "standard", "trained_on": "protected", "final_acc": 0.3, "best_acc": 0.3}]
     rows = summarize(recs)
     assert rows[0]["drop"] == pytest.approx(0.8)
-    assert recovered_accuracy(recs) == {"defense": "standard", "final_acc": 0.3}
+    assert recovered_accuracy(recs) == {"defense": "standard", "final_acc": 0.3, "max_acc": 0.3, "n": 1}
     assert "30.00" in markdown_table(recs)
+
+
+def test_several_seeds_are_summarised_by_mean_and_worst_case():
+    def rec(d, on, acc, seed):
+        return {"defense": d, "trained_on": on, "final_acc": acc, "best_acc": acc + 0.1, "seed": seed}
+
+    recs = [rec("none", "clean", 0.9, 0), rec("none", "clean", 0.8, 1),
+            rec("none", "protected", 0.1, 0), rec("none", "protected", 0.5, 1),
+            rec("standard", "protected", 0.25, 0), rec("standard", "protected", 0.27, 1)]
+    row = summarize(recs)[0]
+    assert row["protected_final"] == pytest.approx(0.3) and row["protected_max"] == 0.5 and row["protected_n"] == 2
+    assert row["drop"] == pytest.approx(0.55) and row["protected_sd"] == pytest.approx(0.2828, abs=1e-4)
+    # the defense with the best mean, not the luckiest single run
+    assert recovered_accuracy(recs) == {"defense": "none", "final_acc": pytest.approx(0.3), "max_acc": 0.5, "n": 2}
+    table = markdown_table(recs)
+    assert "| none | 85.00 ± 7.07 (95.00) | 30.00 ± 28.28 (40.00) | 55.00 |" in table
+    assert "over 2 seeds (0, 1); the best single run with `none` reached 50.00%" in table
+
+
+def test_audit_cli_with_seeds(tmp_path, capsys):
+    train = colour_folder(tmp_path / "train", n_per_class=10)
+    out = tmp_path / "prot"
+    assert main(["protect", str(train), "--out", str(out), "--method", "regions-4", "--quiet"]) == 0
+    capsys.readouterr()
+    js = tmp_path / "a.json"
+    args = ["audit", str(out), "--clean", str(train), "--defenses", "none", "--recipe", "cpu-small", "--epochs", "1",
+            "--json", str(js), "--quiet"]
+    assert main(args + ["--seeds", "3,4"]) == 0
+    o = capsys.readouterr()
+    recs = json.loads(js.read_text())
+    assert sorted((r["trained_on"], r["seed"]) for r in recs) == [("clean", 3), ("clean", 4),
+                                                                  ("protected", 3), ("protected", 4)]
+    assert "over 2 seeds (3, 4)" in o.out
+    assert main(args + ["--seeds", "3,3", "--overwrite"]) == 2
+    assert "distinct" in capsys.readouterr().err
+    assert main(args + ["--seeds", "3,x", "--overwrite"]) == 2
+    assert "--seeds" in capsys.readouterr().err
 
 
 def test_training_size_policy(tmp_path):
