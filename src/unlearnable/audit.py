@@ -321,13 +321,15 @@ def best_epoch_warnings(records: List[Dict[str, Any]], gap: float = 0.10) -> Lis
     images gets the higher one, so the owner should see both.
     """
     out = []
+    several = len({r.get("seed") for r in records}) > 1
     for r in records:
         if r.get("trained_on") != "protected" or r.get("best_acc") is None:
             continue
         final = credited_acc(r)
         if r["best_acc"] - final > gap:
             at = f" at epoch {r['best_epoch']}" if r.get("best_epoch") else ""
-            out.append(f"{r['defense']}: the protected victim reached {100 * r['best_acc']:.1f}%{at} and ended at "
+            run = f" (seed {r.get('seed')})" if several else ""
+            out.append(f"{r['defense']}{run}: the protected victim reached {100 * r['best_acc']:.1f}%{at} and ended at "
                        f"{100 * final:.1f}%; a trainer who keeps the epoch that scores best on clean labelled images "
                        "gets the higher number")
     return out
