@@ -124,11 +124,14 @@ def main(argv=None) -> int:
         seeds = [int(v) for v in args.victim_seeds.split(",")] if args.victim_seeds else [args.seed]
         for name, x in sets:
             for vs in seeds:
+                # clean_x: the clean counterparts, for defenses that use them (clean-mix, early-stop:source=clean)
                 v = train_victim(x, train.labels, test.stacked(), test.labels, recipe=recipe, defense=defense,
-                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev)
+                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev,
+                                 context={"clean_x": train.stacked(), "clean_y": train.labels})
+                sel = "" if v.selected_epoch is None else f" selected {v.selected_acc:.4f} (epoch {v.selected_epoch})"
                 out(f"victim on {name}{f' (seed {vs})' if args.victim_seeds else ''}: {v.arch}, recipe {recipe.name} "
                     f"({recipe.epochs} ep), defense {args.victim_defense}: "
-                    f"final {v.final_acc:.4f} best {v.best_acc:.4f} ({v.seconds:.1f} s)")
+                    f"final {v.final_acc:.4f} best {v.best_acc:.4f}{sel} ({v.seconds:.1f} s)")
                 if args.victim_seeds:
                     out("  test accuracy per epoch: " + " ".join(f"{e['test_acc']:.3f}" for e in v.curve))
 

@@ -182,6 +182,29 @@ def test_early_stop_patience_stops_training(data):
     assert len(r.curve) == 3 and r.selected_epoch == 1
 
 
+def test_early_stop_can_validate_on_the_clean_versions(data):
+    # Protected images carry a perfect class shortcut and nothing else; the clean versions are
+    # noise with no relation to the labels. Validating on protected data rewards the shortcut,
+    # on clean data it does not: the validation images are the clean ones.
+    xtr, ytr, xte, yte = data
+    n = 96
+    prot = np.zeros((n,) + xtr.shape[1:], np.uint8)
+    prot[np.arange(n), :, :, ytr[:n] % 3] = 255 * (1 + ytr[:n] // 3)[:, None, None] // 2  # colour per class
+    noise = np.random.default_rng(0).integers(0, 256, prot.shape, dtype=np.uint8)
+    kw = dict(recipe=small(4), model_factory=tiny_factory, device="cpu", context={"clean_x": noise})
+    on_prot = train_victim(prot, ytr[:n], xte, yte, defense="early-stop:val_fraction=0.25", **kw)
+    on_clean = train_victim(prot, ytr[:n], xte, yte, defense="early-stop:val_fraction=0.25,source=clean", **kw)
+    # measured: shortcut validation 0.67-0.79, noise validation 0.29-0.38 (4 classes, 24 images)
+    assert min(e["val_acc"] for e in on_prot.curve) > max(e["val_acc"] for e in on_clean.curve) + 0.2
+    assert on_prot.n_val == on_clean.n_val == 24
+    with pytest.raises(UnlearnableError, match="source must be one of protected, clean"):
+        create_defense("early-stop:source=test")
+    with pytest.raises(UnlearnableError, match="source=clean needs the clean training images"):
+        train_victim(prot, ytr[:n], xte, yte, defense="early-stop:source=clean", recipe=small(1),
+                     model_factory=tiny_factory, device="cpu")
+    assert create_defense("early-stop:source=clean").requires_clean
+
+
 def test_audit_table_credits_early_stop_with_selected_acc():
     recs = [{"defense": "standard", "trained_on": "protected", "final_acc": 0.2, "best_acc": 0.5},
             {"defense": "early-stop", "trained_on": "protected", "final_acc": 0.2, "best_acc": 0.5,
@@ -202,7 +225,10 @@ def test_audit_runs_clean_mix_and_early_stop(data):
     kw = dict(recipe="cpu-small", epochs=1, device="cpu", arch="small-cnn")
     with pytest.raises(UnlearnableError, match="--clean"):
         run_audit(prot, test, defenses=["clean-mix"], **kw)
-    recs = run_audit(prot, test, clean=clean, defenses=["clean-mix:eta=0.5", "early-stop"], **kw)
+    with pytest.raises(UnlearnableError, match="--clean"):
+        run_audit(prot, test, defenses=["early-stop:source=clean"], **kw)
+    recs = run_audit(prot, test, clean=clean, defenses=["clean-mix:eta=0.5", "early-stop",
+                                                        "early-stop:source=clean"], **kw)
     es = [r for r in recs if r["defense"] == "early-stop"]
     assert all(r["acc"] == r["selected_acc"] and r["selected_epoch"] == 1 for r in es)
 

@@ -93,15 +93,43 @@ class EarlyStop(Defense):
         patience: stop training after this many epochs without a new best validation accuracy
             (``None``: train all epochs and select afterwards; the learning-rate schedule is
             that of the full run either way).
+        source: ``protected`` (default): validate on the held-out protected images, all such
+            a trainer has. ``clean``: validate on the clean versions of the held-out images,
+            as a trainer who labelled a few clean images would (needs ``--clean``); against
+            poisons whose victims pass through a good epoch before the shortcut takes over
+            (PIL, measured), this is the selection that finds it.
     """
 
-    def __init__(self, val_fraction: float = 0.1, patience: Optional[int] = None):
+    SOURCES = ("protected", "clean")
+
+    def __init__(self, val_fraction: float = 0.1, patience: Optional[int] = None, source: str = "protected"):
         if not 0.0 < float(val_fraction) < 1.0:
             raise UnlearnableError(f"early-stop: val_fraction must lie in (0, 1), got {val_fraction!r}")
         if patience is not None and (int(patience) != patience or patience < 1):
             raise UnlearnableError(f"early-stop: patience must be a positive integer or none, got {patience!r}")
+        if source not in self.SOURCES:
+            raise UnlearnableError(f"early-stop: source must be one of {', '.join(self.SOURCES)}, got {source!r}")
         self.val_fraction = float(val_fraction)
         self.patience = None if patience is None else int(patience)
+        self.source = source
+        self.requires_clean = source == "clean"  # the audit checks this before training
+        self._clean: Optional[np.ndarray] = None
+
+    def prepare(self, context: Dict[str, Any]) -> None:
+        self._clean = context.get("clean_x") if self.source == "clean" else None
+        if self.source == "clean" and self._clean is None:
+            raise UnlearnableError("early-stop:source=clean needs the clean training images: run the audit with --clean")
+
+    def validation_images(self, x: torch.Tensor, val_idx: torch.Tensor) -> torch.Tensor:
+        """The images the held-out indices are validated on: the training images themselves,
+        or (``source=clean``) their clean versions, NCHW uint8 on ``x``'s device."""
+        if self.source == "protected":
+            return x[val_idx]
+        clean = torch.from_numpy(np.ascontiguousarray(self._clean)).permute(0, 3, 1, 2)
+        if tuple(clean.shape) != tuple(x.shape):
+            raise UnlearnableError(f"early-stop: clean images {tuple(clean.shape)} do not match the training images "
+                                   f"{tuple(x.shape)} (N, C, H, W)")
+        return clean[val_idx.cpu()].to(x.device)
 
     def validation_split(self, n: int, generator: Optional[torch.Generator] = None
                          ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -339,7 +339,9 @@ def train_victim(
             if tr_idx.numel() < 2 or val_idx.numel() < 1:
                 raise UnlearnableError(f"defense {dfn.spec!r}: validation split left {tr_idx.numel()} training "
                                        f"and {val_idx.numel()} validation images")
-            xval, yval = xtr[val_idx].contiguous(memory_format=fmt), ytr[val_idx]
+            pick = getattr(splitter, "validation_images", None)
+            xval = pick(xtr, val_idx) if pick is not None else xtr[val_idx]
+            xval, yval = xval.contiguous(memory_format=fmt), ytr[val_idx]
             xtr, ytr = xtr[tr_idx], ytr[tr_idx]
         patience = getattr(splitter, "patience", None)
         best_val, since_best = -1.0, 0
