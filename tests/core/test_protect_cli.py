@@ -64,7 +64,7 @@ def test_protect_points_to_the_audit_that_runs(tmp_path, capsys, monkeypatch):
     assert args[:3] == ["audit", "my out", "--clean"] and src.name == args[3]
     code, o = run(args + ["--recipe", "cpu-small", "--epochs", "1", "--quiet"], capsys)
     assert code == 0, o.err
-    assert "| jpeg10 |" in o.out
+    assert "| jpeg10 |" in o.out and "| standard+early-stop:source=clean † |" in o.out
 
 
 def test_protect_verify_reload(tmp_path, capsys):
