@@ -33,7 +33,7 @@ from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_spl
 
 #: The audit suite's defenses (issue list), in their registered spelling.
 DEFENSES = ("none,standard,cutout,mixup,cutmix,gray,jpeg10,bdr2,median,gaussian,ueraser-lite,ueraser,ueraser-max,"
-            "coin,at8,at-l2,op,clean-mix,early-stop")
+            "coin,at8,at-l2,op,clean-mix,early-stop,standard+early-stop:source=clean")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

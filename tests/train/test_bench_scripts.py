@@ -88,3 +88,32 @@ def test_resolution_bench_smoke(tiny_npz, tmp_path, capsys):
     argv = ["--data", str(tiny_npz), "--method", "regions-4", "--policies", "default", "--limit", "24",
             "--test-limit", "12", "--victim-sizes", "16", "--epochs", "1", "--device", "cpu"]
     assert bench.main(argv) == 0 and "| 16 | default |" in capsys.readouterr().out
+
+
+def test_pil_bench_smoke(tiny_npz, tmp_path, capsys):
+    # The GPU runbook's PIL line, on tiny data: flags, victim seeds with curves, the clean
+    # counterparts for early-stop:source=clean, and the record.
+    bench = _load("bench_pil")
+    results = tmp_path / "R.md"
+    argv = ["--data", str(tiny_npz), "--device", "cpu", "--subset", "48", "--param", "steps=3",
+            "--victim", "cpu-small", "--victim-epochs", "2", "--victim-seeds", "0,1", "--clean-victim",
+            "--victim-defense", "standard+early-stop:source=clean", "--record", "--results", str(results)]
+    assert bench.main(argv) == 0
+    text = results.read_text()
+    assert "## PIL" in text and "; steps=3" in text and "surrogate: 30 epochs" in text
+    assert text.count("victim on protected (seed") == 2 and text.count("victim on clean (seed") == 2
+    assert text.count("test accuracy per epoch:") == 4 and "selected" in text
+
+
+def test_train_and_baselines_bench_smoke(tiny_npz, tmp_path):
+    train_bench = _load("bench_train")
+    results = tmp_path / "R.md"
+    assert train_bench.main([str(tiny_npz), "--recipes", "cpu-small", "--data", "clean,classwise", "--epochs", "1",
+                             "--device", "cpu", "--out", str(results)]) == 0
+    assert "## Victim-training recipes" in results.read_text()
+    base = _load("bench_baselines")
+    assert base.main(["--data", str(tiny_npz), "--methods", "em,tap,random-classwise", "--limit", "32",
+                      "--surrogate", "small-cnn", "--surrogate-recipe", "cpu-small", "--steps-scale", "0.05",
+                      "--victim", "cpu-small", "--victim-epochs", "1", "--device", "cpu", "--record",
+                      "--results", str(results)]) == 0
+    assert "## Baselines" in results.read_text()
