@@ -157,6 +157,10 @@ def test_audit_cli_with_seeds(tmp_path, capsys):
     assert sorted((r["trained_on"], r["seed"]) for r in recs) == [("clean", 3), ("clean", 4),
                                                                   ("protected", 3), ("protected", 4)]
     assert "over 2 seeds (3, 4)" in o.out
+    assert main(args + ["--seeds", "3,4,5", "--resume"]) == 0  # one more seed: only its runs train
+    recs = json.loads(js.read_text())
+    assert sorted(r["seed"] for r in recs if not r.get("reused")) == [5, 5] and len(recs) == 6
+    assert "over 3 seeds (3, 4, 5)" in capsys.readouterr().out
     assert main(args + ["--seeds", "3,3", "--overwrite"]) == 2
     assert "distinct" in capsys.readouterr().err
     assert main(args + ["--seeds", "3,x", "--overwrite"]) == 2
