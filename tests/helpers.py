@@ -74,3 +74,13 @@ def trainer_view(hwc: np.ndarray, side: int):
     if hwc.dtype == np.uint8:
         x = x / 255
     return resize_matrix(hwc.shape[0], side) @ x @ resize_matrix(hwc.shape[1], side).T
+
+
+def protected_folder(src, out, method: str, capsys=None):
+    """``unlearnable protect SRC --out OUT --method METHOD --quiet``, checked; returns OUT."""
+    from unlearnable.cli import main
+
+    assert main(["protect", str(src), "--out", str(out), "--method", method, "--quiet"]) == 0
+    if capsys is not None:
+        capsys.readouterr()
+    return out

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import random_folder, tiny_factory  # noqa: E402
+from helpers import protected_folder, random_folder, tiny_factory  # noqa: E402
 from unlearnable.analysis import (DFRResult, csd, dfr, linear_separability, penultimate_features, perturbations,
                                   separability_report, tsne_plot)
 from unlearnable.cli import main
@@ -103,9 +103,7 @@ def make_folder(root: Path, n_per_class=6, classes=("a", "b", "c")):
 
 def test_cli_analyze_separability_csd_quality_end_to_end(tmp_path, capsys):
     src = make_folder(tmp_path / "in")
-    prot = tmp_path / "prot"
-    assert main(["protect", str(src), "--out", str(prot), "--method", "random-classwise", "--quiet"]) == 0
-    capsys.readouterr()
+    prot = protected_folder(src, tmp_path / "prot", "random-classwise", capsys)
     js = tmp_path / "sep.json"
     assert main(["analyze", "separability", str(prot), "--clean", str(src), "--steps", "50", "--device", "cpu",
                  "--json", str(js)]) == 0
@@ -125,9 +123,7 @@ def test_cli_analyze_separability_csd_quality_end_to_end(tmp_path, capsys):
 
 def test_cli_analyze_dfr_on_an_owners_folder_holds_out_its_test_set(tmp_path, capsys):
     src = make_folder(tmp_path / "in", n_per_class=10)
-    prot = tmp_path / "prot"
-    assert main(["protect", str(src), "--out", str(prot), "--method", "random-classwise", "--quiet"]) == 0
-    capsys.readouterr()
+    prot = protected_folder(src, tmp_path / "prot", "random-classwise", capsys)
     js = tmp_path / "dfr.json"
     assert main(["analyze", "dfr", str(prot), "--clean", str(src), "--recipe", "cpu-small", "--epochs", "1",
                  "--n-clean", "10", "--device", "cpu", "--quiet", "--json", str(js)]) == 0
@@ -141,9 +137,7 @@ def test_cli_analyze_mixed_sizes_work_at_one_size(tmp_path, capsys):
     # Photos come in many sizes: the perturbation analyses resize x' and x alike (audit's rule,
     # or --size) instead of refusing.
     src = random_folder(tmp_path / "in", 6, lambda rng: rng.integers(10, 40, 2), seed=1)
-    prot = tmp_path / "prot"
-    assert main(["protect", str(src), "--out", str(prot), "--method", "random-classwise", "--quiet"]) == 0
-    capsys.readouterr()
+    prot = protected_folder(src, tmp_path / "prot", "random-classwise", capsys)
     js = tmp_path / "sep.json"
     assert main(["analyze", "separability", str(prot), "--clean", str(src), "--steps", "50", "--device", "cpu",
                  "--json", str(js)]) == 0

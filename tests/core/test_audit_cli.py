@@ -10,6 +10,8 @@ from unlearnable.audit import markdown_table, recovered_accuracy, summarize, tra
 from unlearnable.cli import main
 from unlearnable.data import load_images
 
+from helpers import protected_folder
+
 
 def colour_folder(root, n_per_class=12, size=12, mixed=False, seed=0):
     """Two classes told apart by colour: learnable in one epoch."""
@@ -27,9 +29,7 @@ def colour_folder(root, n_per_class=12, size=12, mixed=False, seed=0):
 def test_audit_protect_then_audit(tmp_path, capsys):
     train = colour_folder(tmp_path / "train", mixed=True)
     test = colour_folder(tmp_path / "test", n_per_class=6, seed=1)
-    out = tmp_path / "prot"
-    assert main(["protect", str(train), "--out", str(out), "--method", "regions-4", "--quiet"]) == 0
-    capsys.readouterr()
+    out = protected_folder(train, tmp_path / "prot", "regions-4", capsys)
     js, md = tmp_path / "audit.json", tmp_path / "audit.md"
     code = main(["audit", str(out), "--clean", str(train), "--test", str(test), "--defenses", "none,standard",
                  "--recipe", "cpu-small", "--epochs", "1", "--size", "12", "--json", str(js), "--markdown", str(md),
@@ -70,9 +70,7 @@ def test_audit_errors(tmp_path, capsys):
 def test_audit_holds_out_a_test_set_from_the_owners_folder(tmp_path, capsys):
     # A data owner has only their photos: audit tests on clean images neither victim trained on.
     train = colour_folder(tmp_path / "photos", n_per_class=10)
-    out = tmp_path / "prot"
-    assert main(["protect", str(train), "--out", str(out), "--method", "regions-4", "--quiet"]) == 0
-    capsys.readouterr()
+    out = protected_folder(train, tmp_path / "prot", "regions-4", capsys)
     js = tmp_path / "a.json"
     code = main(["audit", str(out), "--clean", str(train), "--defenses", "none", "--recipe", "cpu-small",
                  "--epochs", "1", "--json", str(js), "--quiet"])
@@ -145,9 +143,7 @@ def test_several_seeds_are_summarised_by_mean_and_worst_case():
 
 def test_audit_cli_with_seeds(tmp_path, capsys):
     train = colour_folder(tmp_path / "train", n_per_class=10)
-    out = tmp_path / "prot"
-    assert main(["protect", str(train), "--out", str(out), "--method", "regions-4", "--quiet"]) == 0
-    capsys.readouterr()
+    out = protected_folder(train, tmp_path / "prot", "regions-4", capsys)
     js = tmp_path / "a.json"
     args = ["audit", str(out), "--clean", str(train), "--defenses", "none", "--recipe", "cpu-small", "--epochs", "1",
             "--json", str(js), "--quiet"]
