@@ -329,7 +329,8 @@ def best_epoch_warnings(records: List[Dict[str, Any]], gap: float = 0.10) -> Lis
         if r["best_acc"] - final > gap:
             at = f" at epoch {r['best_epoch']}" if r.get("best_epoch") else ""
             run = f" (seed {r.get('seed')})" if several else ""
-            out.append(f"{r['defense']}{run}: the protected victim reached {100 * r['best_acc']:.1f}%{at} and ended at "
+            ended = "its selected epoch scored" if r.get("selected_acc") is not None else "ended at"
+            out.append(f"{r['defense']}{run}: the protected victim reached {100 * r['best_acc']:.1f}%{at} and {ended} "
                        f"{100 * final:.1f}%; a trainer who keeps the epoch that scores best on clean labelled images "
                        "gets the higher number")
     return out
