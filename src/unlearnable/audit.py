@@ -363,6 +363,7 @@ def markdown_table(records: List[Dict[str, Any]]) -> str:
                      f" Accuracies are final-epoch; best epoch in brackets.{over}")
     if any(row.get("selected") for row in rows):
         lines.append("")
-        lines.append("† Early stopping: accuracy at the epoch with the best validation accuracy on data held out from"
-                     " the training set (protected data for the protected run), not the final epoch.")
+        lines.append("† Early stopping: accuracy at the epoch with the best validation accuracy on images held out from"
+                     " the training set (for the protected run their protected versions, or with `source=clean` their"
+                     " clean versions), not the final epoch.")
     return "\n".join(lines)
