@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
 
@@ -47,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="seeded random subset of N training images")
     ap.add_argument("--test-limit", type=int, default=None, help="seeded random subset of N test images")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, metavar="S,S,...",
+                    help="victim seeds (default: --seed); cells become mean ± sd over them")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, metavar="FILE", help="every run's record, rewritten after each run")
     ap.add_argument("--resume", action="store_true", help="reuse the runs already in --json FILE")
@@ -61,19 +65,31 @@ def pct(v) -> str:
 
 
 def table(defenses, methods, records) -> str:
-    """Markdown: a row per defense, clean accuracy/seconds/cost ratio, then one column per method."""
-    from unlearnable.audit import credited_acc, recovered_accuracy
+    """Markdown: a row per defense, clean accuracy/seconds/cost ratio, then one column per method.
 
-    clean = {r["defense"]: r for r in records if r["trained_on"] == "clean"}
-    prot = {(r["method"], r["defense"]): r for r in records if r["trained_on"] == "protected"}
-    base = clean.get("none", {}).get("seconds")
+    With several seeds a cell is the mean ± sd of the credited accuracy over them."""
+    from unlearnable.audit import recovered_accuracy, summarize
+
+    unique = {r.get("run_key") or id(r): r for r in records}.values()  # clean runs are shared by the methods
+    clean_recs = [r for r in unique if r["trained_on"] == "clean"]
+    clean = {row["defense"]: row for row in summarize(clean_recs)}
+    prot = {m: {row["defense"]: row for row in summarize([r for r in records if r["trained_on"] == "protected"
+                                                          and r.get("method") == m])} for m in methods}
+    secs = {d: float(np.mean([r["seconds"] for r in clean_recs if r["defense"] == d]))
+            for d in {r["defense"] for r in clean_recs}}
+
+    def cell(row, on):
+        if row is None or f"{on}_final" not in row:
+            return "—"
+        return pct(row[f"{on}_final"]) + (f" ± {100 * row[f'{on}_sd']:.2f}" if row[f"{on}_n"] > 1 else "")
+
+    base = secs.get("none")
     head = ["defense", "clean acc %", "clean run s", "× none"] + [f"{m} acc %" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in defenses:
-        c = clean.get(d, {})
-        ratio = f"{c['seconds'] / base:.2f}" if base and c.get("seconds") else "—"
-        cells = [d, pct(credited_acc(c)) if c else "—", f"{c['seconds']:.1f}" if c else "—", ratio]
-        cells += [pct(credited_acc(prot[(m, d)])) if (m, d) in prot else "—" for m in methods]
+        ratio = f"{secs[d] / base:.2f}" if base and d in secs else "—"
+        cells = [d, cell(clean.get(d), "clean"), f"{secs[d]:.1f}" if d in secs else "—", ratio]
+        cells += [cell(prot[m].get(d), "protected") for m in methods]
         lines.append("| " + " | ".join(cells) + " |")
     rec = ["**recovered**", "", "", ""]
     for m in methods:
@@ -95,6 +111,7 @@ def main(argv=None) -> int:
     from unlearnable.train.recipes import get_recipe
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     dev = str(resolve_device(args.device))
     try:
@@ -128,14 +145,14 @@ def main(argv=None) -> int:
         # Only the first method trains the clean victims; the others reuse them by run key.
         with progress_ui(not args.quiet) as ui:
             run_audit(res.protected, test, clean=train, defenses=defenses, arch=None, recipe=recipe.name,
-                      epochs=recipe.epochs, seed=args.seed, device=dev, progress=ui, on_result=keep(name),
+                      epochs=recipe.epochs, seed=seeds, device=dev, progress=ui, on_result=keep(name),
                       reuse=log.earlier + log.records)
     wall = time.perf_counter() - started
     records = log.records
     text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
             f"data: {len(train)} train / {len(test)} test images from {args.data} (load {load_s:.1f} s, not timed); "
             f"victim: recipe {recipe.name}, {recipe.arch}, {recipe.epochs} epochs, batch {recipe.batch_size}; "
-            f"seed {args.seed}; accuracy on the clean test set (final epoch; early-stop: selected epoch); "
+            f"seed {args.seed}" + (f", victim seeds {args.seeds}" if args.seeds else "") + "; accuracy on the clean test set (final epoch; early-stop: selected epoch); "
             f"wall {wall / 60:.1f} min ({sum(1 for r in records if r.get('reused'))} runs reused)\n"
             + "".join(f"- {m}: {b}, generated in {s:.1f} s (measured ℓ∞ max {lmax:.0f} grey levels)\n"
                       for m, (s, lmax, b) in gen.items())

@@ -71,6 +71,14 @@ def test_defense_table_smoke_and_resume(tiny_npz, tmp_path, capsys):
         bench.main(argv)
     assert bench.main(argv + ["--resume"]) == 0
     assert all(r.get("reused") for r in json.loads(js.read_text()))
+    capsys.readouterr()
+    # Two victim seeds: the seed-0 runs are reused, cells are mean ± sd, the clean runs counted once.
+    assert bench.main(argv + ["--resume", "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    recs = json.loads(js.read_text())
+    assert len(recs) == 16 and sum(1 for r in recs if not r.get("reused")) == 6
+    row = next(line for line in out.splitlines() if line.startswith("| jpeg10 |"))
+    assert row.count("±") == 3 and "victim seeds 0,1" in out
 
 
 def test_resolution_bench_smoke(tiny_npz, tmp_path, capsys):
