@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     from unlearnable.train.recipes import get_recipe
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    from unlearnable.cli import parse_seeds
+
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     dev = str(resolve_device(args.device))
     try:

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     train = seeded_subset(train, args.subset, args.seed)
     target = train if args.labels == "true" else ImageSet(train.stacked(), None, [], train.ids)
 
-    from unlearnable.cli import parse_params
+    from unlearnable.cli import parse_params, parse_seeds
 
     extra = parse_params(args.param)
     method = create_method("pil", surrogate_fit=args.surrogate_fit, attack_batch=args.attack_batch, **extra)
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             recipe = dataclasses.replace(recipe, epochs=args.victim_epochs)
         defense = None if args.victim_defense == "none" else args.victim_defense
         sets = [("protected", res.protected.stacked())] + ([("clean", train.stacked())] if args.clean_victim else [])
-        seeds = [int(v) for v in args.victim_seeds.split(",")] if args.victim_seeds else [args.seed]
+        seeds = parse_seeds(args.victim_seeds, "--victim-seeds") if args.victim_seeds else [args.seed]
         for name, x in sets:
             for vs in seeds:
                 # clean_x: the clean counterparts, for defenses that use them (clean-mix, early-stop:source=clean)

@@ -87,13 +87,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seed_list(text: str) -> List[int]:
+def parse_seeds(text: str, flag: str = "--seeds") -> List[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]`` (the audit's and the benchmarks' seed lists)."""
     try:
         seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UnlearnableError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+        raise UnlearnableError(f"{flag} takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
     if not seeds:
-        raise UnlearnableError("--seeds is empty")
+        raise UnlearnableError(f"{flag} is empty")
     return seeds
 
 
@@ -126,7 +127,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not defenses:
         raise UnlearnableError("--defenses is empty")
-    seeds = _seed_list(args.seeds) if args.seeds else [args.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     # Before loading anything: a clash with an existing --json fails at once.
     log = AuditLog(args.json, resume=args.resume, overwrite=args.overwrite, reuse=args.reuse or ())
     from .protect import load_protected

@@ -29,6 +29,17 @@ from .base import Defense, register_defense
 __all__ = ["CleanMix", "EarlyStop"]
 
 
+def _clean_like(clean, x: torch.Tensor, who: str) -> torch.Tensor:
+    """The clean counterparts (uint8 NHWC numpy from the context, or NCHW) as NCHW, checked
+    against the training images ``x`` they stand beside."""
+    if isinstance(clean, np.ndarray):
+        clean = torch.from_numpy(np.ascontiguousarray(clean)).permute(0, 3, 1, 2)
+    if tuple(clean.shape) != tuple(x.shape):
+        raise UnlearnableError(f"{who}: clean images {tuple(clean.shape)} do not match the training images "
+                               f"{tuple(x.shape)} (N, C, H, W)")
+    return clean
+
+
 @register_defense("clean-mix")
 class CleanMix(Defense):
     """Replace a seeded random fraction η of the training images by their clean versions.
@@ -61,12 +72,7 @@ class CleanMix(Defense):
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
         if self._clean is None:
             raise UnlearnableError("clean-mix needs the clean training images: run the audit with --clean CLEAN")
-        clean = self._clean
-        if isinstance(clean, np.ndarray):
-            clean = torch.from_numpy(np.ascontiguousarray(clean)).permute(0, 3, 1, 2)
-        if tuple(clean.shape) != tuple(x.shape):
-            raise UnlearnableError(f"clean-mix: clean images {tuple(clean.shape)} do not match the training images "
-                                   f"{tuple(x.shape)} (N, C, H, W)")
+        clean = _clean_like(self._clean, x, "clean-mix")
         n = x.shape[0]
         k = int(round(self.eta * n))
         idx = torch.randperm(n, device=x.device, generator=generator)[:k]
@@ -125,11 +131,7 @@ class EarlyStop(Defense):
         or (``source=clean``) their clean versions, NCHW uint8 on ``x``'s device."""
         if self.source == "protected":
             return x[val_idx]
-        clean = torch.from_numpy(np.ascontiguousarray(self._clean)).permute(0, 3, 1, 2)
-        if tuple(clean.shape) != tuple(x.shape):
-            raise UnlearnableError(f"early-stop: clean images {tuple(clean.shape)} do not match the training images "
-                                   f"{tuple(x.shape)} (N, C, H, W)")
-        return clean[val_idx.cpu()].to(x.device)
+        return _clean_like(self._clean, x, "early-stop")[val_idx.cpu()].to(x.device)
 
     def validation_split(self, n: int, generator: Optional[torch.Generator] = None
                          ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,7 @@ def deltas_to_native(data: ImageSet, deltas: np.ndarray, mode: str = "bilinear")
     if at_own_size(data, deltas.shape[1:3]):
         return np.ascontiguousarray(deltas, dtype=np.float32)
     out = [resize_delta(deltas[i], data.shape_of(i), mode).astype(np.float32) for i in range(len(deltas))]
-    return np.stack(out) if data.uniform and len(out) else out
+    return as_deltas(data, out)
 
 
 @dataclass
@@ -266,6 +266,11 @@ def rng_for(seed: int, *stream: Union[int, str]) -> np.random.Generator:
         else:  # the whole name counts: "cat/001.png" and "cat/002.png" are different streams
             words.append(int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little"))
     return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def as_deltas(data: ImageSet, per_image: List[np.ndarray]) -> Deltas:
+    """Per-image δ (input order) as :data:`Deltas`: stacked for a set of one size, else the list."""
+    return np.stack(per_image) if data.uniform and len(per_image) else per_image
 
 
 def at_own_size(data: ImageSet, hw: Sequence[int]) -> bool:

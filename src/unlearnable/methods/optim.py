@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
-from .base import Deltas, Method, Progress, at_own_size, deltas_to_native, per_class_patterns_to_images
+from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native, per_class_patterns_to_images
 from .base import working_size as _working_size
 from .resolution import RESIZE_MODES, PaddedResize, patterns_through_resize, size_batches
 
@@ -134,10 +134,7 @@ class Problem:
         p = patterns.detach().float().permute(0, 2, 3, 1).cpu().numpy()
         if not self.through:
             return per_class_patterns_to_images(self.data, p, "bilinear")
-        labels = self.data.require_labels("a class-wise perturbation")
-        out = patterns_through_resize([self.data.image(i) for i in range(len(self.data))], p, labels, eps,
-                                      device=self.device)
-        return np.stack(out) if self.data.uniform else out
+        return patterns_through_resize(self.data, p, eps, device=self.device)
 
     def fingerprint(self) -> str:
         """Hash of pixels and labels (canonical order): part of the checkpoint signature."""
@@ -447,7 +444,6 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
     """
     images = [prob.data.image(int(i)) for i in prob.order]
     hw = tuple(prob.shape[1:])
-    out: list = [None] * prob.n
     cache: Dict[Tuple[int, int], Tensor] = {}
     batches = size_batches([im.shape[:2] for im in images], max(1, int(batch_size)))
     gens = dict(generators or {})
@@ -462,14 +458,9 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
         return to_cpu({"loop": {"batches": s["batches"], "levels": s["levels"]},
                        **{k: g.get_state() for k, g in gens.items()}})
 
-    finished = iter(s["levels"])
-    for k, batch in enumerate(batches):
-        if k < s["batches"]:  # done before an interruption
-            for i in batch:
-                out[int(prob.order[i])] = next(finished).numpy().astype(np.float32) / 255.0
-            if tick is not None:
-                tick.done += 1
-            continue
+    if tick is not None:
+        tick.done += s["batches"]  # done before an interruption
+    for k, batch in enumerate(batches[s["batches"]:], start=s["batches"]):
         idx = torch.as_tensor(batch, device=prob.device)
         b = PaddedResize([images[i] for i in batch], hw, prob.device, cache)
         lo, hi = b.bounds(budget.eps)
@@ -486,18 +477,18 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
                 best, best_loss = d, loss
         if post is not None:
             best = post(best, lo, hi)
-        for j, i in enumerate(batch):
-            lv = np.rint(b.crop(best, j) * 255.0)
-            out[int(prob.order[i])] = lv.astype(np.float32) / 255.0
-            s["levels"].append(torch.from_numpy(lv.astype(np.int16)).to(level_dtype))
+        for j in range(len(batch)):
+            s["levels"].append(torch.from_numpy(np.rint(b.crop(best, j) * 255.0).astype(np.int16)).to(level_dtype))
         s["batches"] = k + 1
         if checkpoint is not None:
             checkpoint.maybe_save(build)
         if tick is not None:
             tick()
-    if prob.data.uniform and out:
-        return np.stack(out)
-    return out
+    # The levels are in batch order; each image's δ goes back to its input position.
+    out: list = [None] * prob.n
+    for i, lv in zip((i for batch in batches for i in batch), s["levels"]):
+        out[int(prob.order[i])] = lv.numpy().astype(np.float32) / 255.0
+    return as_deltas(prob.data, out)
 
 
 def upsampled_start(prob: Problem, delta: Tensor) -> Callable[[Tensor, Tensor], Tensor]:

@@ -56,7 +56,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, at_own_size, deltas_to_native
+from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native
 from .base import working_size as _working_size
 from .resolution import RESIZE_MODES, PaddedResize, resize_matrix, size_batches
 
@@ -364,8 +364,7 @@ class PIL(Method):
                                        lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,
                                        device=device, progress=progress)
             t2 = time.perf_counter()
-            neg = [np.negative(native[j]) for j in inv]
-            out: Deltas = np.stack(neg) if data.uniform else neg
+            out = as_deltas(data, [np.negative(native[j]) for j in inv])
         else:
             with torch.no_grad():
                 delta = pil_attack(x, y, m, budget.eps, lam=self.lam, steps=self.steps, step_size=self.step_size,

@@ -89,10 +89,7 @@ class RandomClasswiseNoise(Method):
         patterns = _draw(rng, (data.num_classes, h, w, 3), budget.eps, self.dist)
         if at_own_size(data, (h, w)) or self.resize == "nearest":
             return per_class_patterns_to_images(data, patterns, "nearest")
-        labels = data.require_labels("a class-wise perturbation")
-        out = patterns_through_resize([data.image(i) for i in range(len(data))], patterns, labels, budget.eps,
-                                      device=device)
-        return np.stack(out) if data.uniform else out
+        return patterns_through_resize(data, patterns, budget.eps, device=device)
 
     @property
     def mixed_size_caveat(self) -> str:  # type: ignore[override]

@@ -31,6 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.imageset import ImageSet
+from .base import Deltas, as_deltas
+
 __all__ = ["resize_matrix", "size_batches", "PaddedResize", "patterns_through_resize", "RESIZE_MODES",
            "NATIVE_PIXELS"]
 
@@ -134,8 +137,8 @@ class PaddedResize:
 
 
 @torch.no_grad()
-def patterns_through_resize(images: Sequence[np.ndarray], patterns: np.ndarray, labels: np.ndarray, eps: float, *,
-                            batch_size: int = 512, device="cpu") -> List[np.ndarray]:
+def patterns_through_resize(data: ImageSet, patterns: np.ndarray, eps: float, *, batch_size: int = 512,
+                            device="cpu") -> Deltas:
     """Class patterns made on each image's own pixels: ``δ_i = argmax ⟨R(δ), P_{y_i}⟩`` over the
     box ``max(−ε, −x) ≤ δ ≤ min(ε, 1 − x)``, i.e. ``ε·sign(Rᵀ P_{y_i})`` clipped to the image range.
 
@@ -147,12 +150,16 @@ def patterns_through_resize(images: Sequence[np.ndarray], patterns: np.ndarray, 
     24.15 % against 61.05 %).
 
     Args:
-        images: ``N`` uint8 HWC arrays at their native sizes.
+        data: the labelled set, at its native sizes.
         patterns: ``(K, h, w, 3)`` float class patterns at the working size.
-        labels: ``(N,)`` class of each image.
         eps: ℓ∞ radius in [0, 1] units.
         batch_size, device: batching (by similar sizes) and where to compute.
+
+    Returns:
+        One δ per image, input order (:func:`~unlearnable.methods.base.as_deltas`).
     """
+    labels = data.require_labels("a class-wise perturbation")
+    images = [data.image(i) for i in range(len(data))]
     h, w = patterns.shape[1:3]
     p = torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32)).permute(0, 3, 1, 2).to(device)
     out: List[Optional[np.ndarray]] = [None] * len(images)
@@ -163,4 +170,4 @@ def patterns_through_resize(images: Sequence[np.ndarray], patterns: np.ndarray, 
         d = torch.minimum(torch.maximum(b.up(p[torch.as_tensor(labels[idx], device=device)]).sign_().mul_(eps), lo), hi)
         for j, i in enumerate(idx):
             out[i] = b.crop(d, j)
-    return out  # type: ignore[return-value]
+    return as_deltas(data, out)  # type: ignore[arg-type]
