@@ -120,14 +120,15 @@ def main(argv=None) -> int:
         if args.victim_epochs:
             recipe = dataclasses.replace(recipe, epochs=args.victim_epochs)
         defense = None if args.victim_defense == "none" else args.victim_defense
-        sets = [("protected", res.protected.stacked())] + ([("clean", train.stacked())] if args.clean_victim else [])
+        clean_x, test_x = train.stacked(), test.stacked()
+        sets = [("protected", res.protected.stacked())] + ([("clean", clean_x)] if args.clean_victim else [])
         seeds = parse_seeds(args.victim_seeds, "--victim-seeds") if args.victim_seeds else [args.seed]
+        # The clean counterparts, for defenses that use them (clean-mix, early-stop:source=clean).
+        context = {"clean_x": clean_x, "clean_y": train.labels}
         for name, x in sets:
             for vs in seeds:
-                # clean_x: the clean counterparts, for defenses that use them (clean-mix, early-stop:source=clean)
-                v = train_victim(x, train.labels, test.stacked(), test.labels, recipe=recipe, defense=defense,
-                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev,
-                                 context={"clean_x": train.stacked(), "clean_y": train.labels})
+                v = train_victim(x, train.labels, test_x, test.labels, recipe=recipe, defense=defense,
+                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev, context=context)
                 sel = "" if v.selected_epoch is None else f" selected {v.selected_acc:.4f} (epoch {v.selected_epoch})"
                 out(f"victim on {name}{f' (seed {vs})' if args.victim_seeds else ''}: {v.arch}, recipe {recipe.name} "
                     f"({recipe.epochs} ep), defense {args.victim_defense}: "
