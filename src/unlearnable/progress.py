@@ -32,16 +32,24 @@ class LineProgress:
     def task(self, description: str) -> Tick:
         start = time.perf_counter()
         last = [0.0]
+        first: list = []  # (time, done) of the first tick: the rate is measured from there
 
         def tick(done: int, total: int) -> None:
             now = time.perf_counter()
+            if not first:
+                # Work before the first tick (a surrogate fit, the part a resumed run already
+                # did) says nothing about the rate of what is left.
+                first.extend((now, done))
             if done == 0 or (done < total and now - last[0] < self.every):
                 return
             last[0] = now
             el = now - start
-            eta = el / done * (total - done) if done else float("nan")
+            t1, d1 = first
+            if done >= total:
+                eta_s = _fmt_seconds(0)
+            else:
+                eta_s = _fmt_seconds((now - t1) / (done - d1) * (total - done)) if done > d1 else "?"
             pct = 100.0 * done / total if total else 100.0
-            eta_s = _fmt_seconds(eta) if done else "?"
             print(f"{description}: {done}/{total} ({pct:.0f}%) elapsed {_fmt_seconds(el)} ETA {eta_s}",
                   file=self.stream, flush=True)
 

@@ -101,6 +101,8 @@ def write_pngs(root: Path, names: Sequence[str], images: Sequence[np.ndarray], s
     workers = workers or min(8, os.cpu_count() or 1)
     total = len(names)
     done = len(skip)
+    if progress:
+        progress(done, total)  # the rate (ETA) is measured from here, resumed files excluded
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Bounded windows keep memory flat and make interruption prompt.
         window = 512

@@ -180,6 +180,8 @@ def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_s
     eye = torch.eye(k, device=m.device)
     mt = m.T.contiguous()
     bs = max(1, int(batch_size))
+    if progress is not None:
+        progress(0, n)  # the attack starts now: its ETA should not count the surrogate fit
     for s in range(0, n, bs):
         e = min(n, s + bs)
         xb = x[s:e].float().mul_(scale)
@@ -239,6 +241,8 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     cache: Dict[tuple, Any] = {}
     out: list = [None] * n
     done = 0
+    if progress is not None:
+        progress(0, n)
     for idx in size_batches([im.shape[:2] for im in images], batch_size):
         B = len(idx)
         b = PaddedResize([images[i] for i in idx], (h, w), device, cache)
