@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
@@ -350,12 +351,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in METHODS.list(args.pattern):
             cls = METHODS.get(name)
             print(f"{name:20s} {cls.budget_norm:5s} {cls.default_budget:8s} {cls.paper}")
+            _print_params(METHODS.defaults(name), "--param defaults:")
     elif kind == "defenses":
         from .defenses import DEFENSES
 
         for name in DEFENSES.list(args.pattern):
-            doc = (DEFENSES.get(name).__doc__ or "").strip().splitlines()
-            print(f"{name:20s} {doc[0] if doc else ''}")
+            print(f"{name:20s} {_summary(DEFENSES.get(name))}")
+            _print_params(DEFENSES.defaults(name), "defaults:")
     elif kind == "models":
         from .models import list_models
 
@@ -364,16 +366,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif kind == "recipes":
         from .train.recipes import get_recipe, list_recipes
 
-        for name in list_recipes(args.pattern) if _takes_pattern(list_recipes) else list_recipes():
+        for name in list_recipes(args.pattern):
             r = get_recipe(name)
             print(f"{name:10s} {r.arch:12s} {r.epochs:3d} epochs, batch {r.batch_size}: {r.description}")
     return 0
 
 
-def _takes_pattern(fn) -> bool:
+def _summary(obj: Any) -> str:
+    """The first paragraph of ``obj``'s docstring, on one line."""
     import inspect
 
-    return len(inspect.signature(fn).parameters) > 0
+    return " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
+
+
+def _print_params(defaults: Dict[str, Any], how: str) -> None:
+    """The settable parameters and their defaults, wrapped and indented under the entry."""
+    import inspect
+    import textwrap
+
+    from .defenses.base import _format_value
+
+    def show(v: Any) -> str:
+        return "none" if v is None else f"{v:.6g}" if isinstance(v, float) else _format_value(v)
+
+    items = [k if v is inspect.Parameter.empty else f"{k}={show(v)}" for k, v in defaults.items()]
+    if items:
+        print(textwrap.fill(f"{how} " + " ".join(items), width=110, initial_indent=" " * 21,
+                            subsequent_indent=" " * 23, break_on_hyphens=False))
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -530,6 +549,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `unlearnable methods | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # what a shell reports for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

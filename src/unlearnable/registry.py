@@ -55,6 +55,21 @@ class Registry:
         """Instantiate ``name`` with keyword arguments."""
         return self.get(name)(**kwargs)
 
+    def defaults(self, name: str) -> Dict[str, Any]:
+        """The keyword parameters of ``name``'s constructor and their defaults (in order).
+
+        What ``--param NAME=VALUE`` and ``name:key=value`` specs can set; parameters without
+        a default map to ``inspect.Parameter.empty``.
+        """
+        import inspect
+
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        try:
+            sig = inspect.signature(self.get(name))
+        except (TypeError, ValueError):  # builtins without a signature
+            return {}
+        return {p.name: p.default for p in sig.parameters.values() if p.kind in kinds}
+
     def list(self, pattern: str = "*") -> List[str]:
         """Sorted names matching a shell-style ``pattern``."""
         return sorted(k for k in self._entries if fnmatch.fnmatchcase(k, pattern))

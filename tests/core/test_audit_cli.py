@@ -178,6 +178,29 @@ def test_list_commands(capsys):
         assert name in out
 
 
+def test_listings_show_settable_parameters(capsys):
+    """A user finds what ``--param`` and ``name:key=value`` can set without reading the source."""
+    from unlearnable.defenses import DEFENSES, create_defense
+    from unlearnable.methods import METHODS
+
+    assert main(["methods", "pil"]) == 0 and main(["defenses", "jpeg"]) == 0
+    out = capsys.readouterr().out
+    assert "--param defaults: lam=0.9 steps=30" in out and "defaults: quality=10" in out
+    for name in DEFENSES.list():
+        # What is listed is what runs (``none`` and ``gray`` have no knobs).
+        assert create_defense(name).params() == DEFENSES.defaults(name), name
+    assert "last_run" not in METHODS.defaults("pil") and METHODS.defaults("pil")["lam"] == 0.9
+
+
+def test_listing_into_a_closed_pipe_is_quiet():
+    import subprocess
+    import sys
+
+    code = "import sys; from unlearnable.cli import main; sys.exit(main(['methods']))"
+    proc = subprocess.run(f'"{sys.executable}" -c "{code}" | head -1', shell=True, capture_output=True, text=True)
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr and "Broken" not in proc.stderr
+
+
 def test_quickstart_runs_and_reports(capsys):
     from unlearnable.quickstart import digits_imageset, run_quickstart
 
