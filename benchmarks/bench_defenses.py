@@ -108,13 +108,14 @@ def main(argv=None) -> int:
     from unlearnable.device import describe_device, resolve_device
     from unlearnable.methods import create_method
     from unlearnable.progress import progress_ui
+    from unlearnable.registry import split_spec_list
     from unlearnable.train.recipes import get_recipe
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from unlearnable.cli import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    defenses = split_spec_list(args.defenses)
     dev = str(resolve_device(args.device))
     try:
         log = AuditLog(args.json, resume=args.resume)

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("path", nargs="?", default=str(DEFAULT_DATA),
                    help="CIFAR-10 copy: the .tar.gz, an unpacked folder, or anything unlearnable.data.load_images reads "
                         "(default: ../shared/datasets/cifar10-jpeg.tar.gz from the repo root)")
-    p.add_argument("--recipes", default="fast,screen,paper", help="comma-separated recipe names")
+    p.add_argument("--recipes", default="fast,screen,paper", help="comma-separated recipes or recipe specs (paper,paper:compile=true)")
     p.add_argument("--data", default="clean,classwise", help="comma-separated: clean, classwise")
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
     p.add_argument("--arch", default=None, help="override every recipe's architecture")
@@ -100,13 +100,14 @@ def main(argv=None) -> int:
 
     from unlearnable.device import describe_device
     from unlearnable.train.engine import train_victim
+    from unlearnable.registry import split_spec_list
     from unlearnable.train.recipes import get_recipe
 
     data_kinds = [d.strip() for d in args.data.split(",") if d.strip()]
     for d in data_kinds:
         if d not in ("clean", "classwise"):
             raise SystemExit(f"error: unknown --data {d!r}; use clean and/or classwise")
-    recipes = [get_recipe(r.strip()) for r in args.recipes.split(",") if r.strip()]
+    recipes = [get_recipe(r) for r in split_spec_list(args.recipes)]
 
     if args.synthetic:
         (xtr, ytr), (xte, yte) = synthetic(args.synthetic)

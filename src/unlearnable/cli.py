@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .errors import UnlearnableError
-from .registry import parse_value
+from .registry import parse_value, split_spec_list
 
 
 def parse_params(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -125,7 +125,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .data import load_images
     from .progress import progress_ui
 
-    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    defenses = split_spec_list(args.defenses)
     if not defenses:
         raise UnlearnableError("--defenses is empty")
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--defenses", default="standard", help="comma-separated defenses, e.g. none,standard")
     a.add_argument("--arch", default=None, help="victim architecture (default: the recipe's)")
     a.add_argument("--recipe", default="auto",
-                   help="training recipe: paper, fast, screen, cpu-small; auto = paper on a GPU, cpu-small on CPU")
+                   help="training recipe: paper, fast, screen, cpu-small, or one with fields changed "
+                        "(paper:epochs=30,compile=true); auto = paper on a GPU, cpu-small on CPU")
     a.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     a.add_argument("--size", type=int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
     a.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,7 @@ Usage::
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import UnlearnableError
 
@@ -103,3 +103,60 @@ def parse_value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def parse_named_spec(part: str, what: str, spec: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """Split ``"name"`` or ``"name:key=value,key=value"`` into the name and parsed keyword values.
+
+    The one syntax of defense specs (each ``+`` part) and recipe specs (``paper:epochs=30``).
+
+    Args:
+        part: the text to parse.
+        what: what it names, for error messages (``"defense"``, ``"recipe"``).
+        spec: the whole spec ``part`` came from, quoted in error messages (default: ``part``).
+
+    Raises:
+        UnlearnableError: a missing name, an item that is not ``key=value``, a key given twice.
+    """
+    spec = part if spec is None else spec
+    name, colon, arglist = part.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise UnlearnableError(f"bad {what} spec {spec!r}: missing name before ':'")
+    kwargs: Dict[str, Any] = {}
+    if colon and not arglist.strip():
+        raise UnlearnableError(f"bad {what} spec {spec!r}: nothing after '{name}:'")
+    for item in arglist.split(",") if arglist.strip() else []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise UnlearnableError(f"bad {what} spec {spec!r}: expected key=value after '{name}:', got {item.strip()!r}")
+        if key in kwargs:
+            raise UnlearnableError(f"bad {what} spec {spec!r}: {key!r} given twice")
+        kwargs[key] = parse_value(value.strip())
+    return name, kwargs
+
+
+def split_spec_list(text: str) -> List[str]:
+    """Split a comma-separated list of specs whose parts may themselves hold commas.
+
+    ``"none,early-stop:source=clean,val_fraction=0.2,jpeg10"`` →
+    ``["none", "early-stop:source=clean,val_fraction=0.2", "jpeg10"]``: an item that starts
+    with ``key=`` cannot start a spec (names hold no ``=``), so it continues the one before.
+
+    Raises:
+        UnlearnableError: a list that starts with ``key=value``.
+    """
+    out: List[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, _ = item.partition("=")
+        if eq and key.strip().isidentifier():
+            if not out:
+                raise UnlearnableError(f"bad list {text!r}: {item!r} has no spec before it to belong to")
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out

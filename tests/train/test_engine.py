@@ -279,3 +279,40 @@ def test_norm_lr_scale_makes_a_norm_group():
 
 def make_data(n, seed=0):
     return colour_squares(n, seed=seed, size=16, square=8, shift=(2, 5))
+
+
+def test_recipe_specs_change_fields_and_are_named_by_the_spec():
+    from unlearnable.train.recipes import get_recipe
+
+    r = get_recipe(" paper:compile=true,epochs=3,lr=1,grad_clip=none ")
+    assert (r.name, r.compile, r.epochs, r.lr, r.grad_clip) == ("paper:compile=true,epochs=3,lr=1,grad_clip=none", True, 3, 1.0, None)
+    assert isinstance(r.lr, float) and r.batch_size == get_recipe("paper").batch_size
+    assert get_recipe("paper").name == "paper"  # the registered protocol is untouched
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("paper:foo=1", "no field 'foo'"),
+    ("paper:name=x", "no field 'name'"),
+    ("paper:epochs=2.5", "epochs must be int"),
+    ("paper:compile=1", "compile must be bool"),
+    ("paper:lr=fast", "lr must be float"),
+    ("paper:epochs=0", "must be positive"),
+    ("paper:", "nothing after"),
+    ("paper:epochs", "expected key=value"),
+    ("nope:epochs=1", "unknown recipe 'nope'"),
+])
+def test_bad_recipe_specs_fail_in_one_line(spec, says):
+    from unlearnable.train.recipes import get_recipe
+
+    with pytest.raises(UnlearnableError, match=says):
+        get_recipe(spec)
+
+
+def test_spec_lists_keep_commas_inside_specs():
+    from unlearnable.registry import split_spec_list
+
+    assert split_spec_list("none, early-stop:source=clean,val_fraction=0.2 ,jpeg10,at:eps=8,steps=5+gray") == [
+        "none", "early-stop:source=clean,val_fraction=0.2", "jpeg10", "at:eps=8,steps=5+gray"]
+    assert split_spec_list("paper,paper:compile=true,epochs=3") == ["paper", "paper:compile=true,epochs=3"]
+    with pytest.raises(UnlearnableError, match="no spec before it"):
+        split_spec_list("epochs=3,paper")

@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 
 from ..errors import UnlearnableError
-from ..registry import Registry, parse_value
+from ..registry import Registry, parse_named_spec
 
 __all__ = [
     "Defense",
@@ -286,26 +286,7 @@ def parse_spec(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
         part = part.strip()
         if not part:
             raise UnlearnableError(f"bad defense spec {spec!r}: empty part around '+'")
-        part = _expand_short_form(part)
-        name, _, arglist = part.partition(":")
-        name = name.strip()
-        if not name:
-            raise UnlearnableError(f"bad defense spec {spec!r}: missing name before ':'")
-        kwargs: Dict[str, Any] = {}
-        if arglist.strip():
-            for item in arglist.split(","):
-                key, eq, value = item.partition("=")
-                key = key.strip()
-                if not eq or not key.isidentifier():
-                    raise UnlearnableError(
-                        f"bad defense spec {spec!r}: expected key=value after '{name}:', got {item.strip()!r}"
-                    )
-                if key in kwargs:
-                    raise UnlearnableError(f"bad defense spec {spec!r}: {key!r} given twice")
-                kwargs[key] = parse_value(value.strip())
-        elif ":" in part:
-            raise UnlearnableError(f"bad defense spec {spec!r}: nothing after '{name}:'")
-        out.append((name, kwargs))
+        out.append(parse_named_spec(_expand_short_form(part), "defense", spec))
     return out
 
 

@@ -1,8 +1,8 @@
 """Named victim-training recipes: every hyperparameter in one visible place, with units.
 
-A :class:`Recipe` is a frozen dataclass; override fields with :func:`dataclasses.replace`
-(``replace(get_recipe("paper"), epochs=2)``), and every result records the recipe's name and
-all its fields. Papers on unlearnable examples differ by 20-30 accuracy points on weak
+A :class:`Recipe` is a frozen dataclass; change fields with a spec (``get_recipe("paper:epochs=2")``,
+named by the spec, the syntax of defense specs and of ``--recipe``) or with
+:func:`dataclasses.replace`, and every result records the recipe's name and all its fields. Papers on unlearnable examples differ by 20-30 accuracy points on weak
 poisons through the training protocol alone, so a number without its recipe means little.
 
 Augmentation is *not* part of a recipe: it belongs to the defense (``standard`` is random
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UnlearnableError
-from ..registry import Registry
+from ..registry import Registry, parse_named_spec
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "register_recipe"]
 
@@ -144,10 +144,44 @@ def register_recipe(recipe: Recipe) -> Recipe:
 
 
 def get_recipe(name: "str | Recipe") -> Recipe:
-    """The recipe registered as ``name`` (a :class:`Recipe` is returned as is)."""
+    """The recipe registered as ``name``, or a spec changing some of its fields.
+
+    ``"paper:epochs=30,compile=true"`` is ``paper`` with those two fields changed and named by
+    the spec, so records of it never pass for the registered protocol. Values are parsed as
+    in defense specs. A :class:`Recipe` is returned as is.
+
+    Raises:
+        UnlearnableError: unknown recipe, malformed spec, or a field the recipe lacks.
+    """
     if isinstance(name, Recipe):
         return name
-    return RECIPES.get(name)()
+    base, changes = parse_named_spec(name, "recipe")
+    recipe = RECIPES.get(base)()
+    if not changes:
+        return recipe
+    fields = [f.name for f in dataclasses.fields(Recipe) if f.name not in ("name", "description")]
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise UnlearnableError(f"recipe {base!r} has no field {unknown[0]!r}; its fields: {', '.join(fields)}")
+    types = {f.name: f.type for f in dataclasses.fields(Recipe)}  # annotation strings
+    for key, value in changes.items():
+        changes[key] = _typed(name, key, types[key], value)
+    return recipe.replace(name=name.strip(), **changes)
+
+
+def _typed(spec: str, key: str, annotation: str, value: Any) -> Any:
+    """``value`` as the field's type (an int is a valid float), or a one-line error."""
+    optional = annotation.startswith("Optional[")
+    kind = annotation[len("Optional["):-1] if optional else annotation
+    if value is None and optional:
+        return None
+    ok = {"bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, str)}.get(kind)
+    if not ok:
+        raise UnlearnableError(f"bad recipe spec {spec!r}: {key} must be {annotation}, got {value!r}")
+    return float(value) if kind == "float" else value
 
 
 def list_recipes(pattern: str = "*") -> List[str]:
