@@ -316,3 +316,32 @@ def test_spec_lists_keep_commas_inside_specs():
     assert split_spec_list("paper,paper:compile=true,epochs=3") == ["paper", "paper:compile=true,epochs=3"]
     with pytest.raises(UnlearnableError, match="no spec before it"):
         split_spec_list("epochs=3,paper")
+
+
+def test_lookahead_sync_is_an_ema_the_fast_weights_land_on():
+    from unlearnable.train.engine import _Lookahead
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    w0 = model[0].weight.detach().clone()
+    la = _Lookahead(model, every=2, peak=0.5, total_steps=4)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    la.after_step(1)  # not a sync step
+    assert torch.equal(model[0].weight, w0 + 1)
+    la.after_step(4)  # decay 0.5 * (4/4)^3: halfway from the slow copy to the fast weights
+    assert torch.allclose(model[0].weight, w0 + 0.5) and torch.allclose(la.slow[0], w0 + 0.5)
+    with torch.no_grad():
+        model[0].weight.add_(3.0)
+    la.finish()  # decay 1: the model is put back on the slow weights
+    assert torch.allclose(model[0].weight, w0 + 0.5)
+    assert model[1].num_batches_tracked.dtype == torch.int64  # integer buffers are left alone
+
+
+def test_lookahead_recipe_trains_deterministically(data):
+    r = small(epochs=4, lookahead_every=2)
+    a = run(data, r, defense="standard", return_model=True)
+    b = run(data, r, defense="standard", return_model=True)
+    plain = run(data, small(epochs=4), defense="standard")
+    assert strip_time(a.curve) == strip_time(b.curve) and a.final_acc >= 0.8, a.curve
+    assert strip_time(a.curve) != strip_time(plain.curve)
+    assert a.recipe_params["lookahead_every"] == 2
