@@ -188,13 +188,7 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
     seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(v) for v in seed]
     if not seeds or len(set(seeds)) != len(seeds):
         raise UnlearnableError(f"seeds must be distinct and at least one, got {seeds}")
-    rec = get_recipe(recipe)
-    if epochs is not None:
-        if epochs < 1:
-            raise UnlearnableError(f"--epochs must be at least 1, got {epochs}")
-        rec = dataclasses.replace(rec, epochs=epochs)
-    if arch is not None:
-        rec = dataclasses.replace(rec, arch=arch)
+    rec = get_recipe(recipe, epochs=epochs, arch=arch)
     defense_objs = [(spec, create_defense(spec)) for spec in defenses]  # fail fast on a bad spec
     check_same_classes(protected, test, "protected set", "test set")
     if clean is not None:

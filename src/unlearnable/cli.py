@@ -266,11 +266,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         tx, ty = as_training_arrays(test, hw)
         from .train.recipes import get_recipe
 
-        rec = get_recipe(auto_recipe(args.recipe, args.device))
-        if args.epochs is not None:
-            if args.epochs < 1:
-                raise UnlearnableError(f"--epochs must be at least 1, got {args.epochs}")
-            rec = rec.replace(epochs=args.epochs)
+        rec = get_recipe(auto_recipe(args.recipe, args.device), epochs=args.epochs)
         with progress_ui(not args.quiet) as ui:
             tick = ui("dfr") if ui else None
             res = dfr(px, py, cx, cy, tx, ty, recipe=rec, arch=args.arch, defense=args.defense,
@@ -437,16 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="train victims on clean and protected data under each defense")
     a.add_argument("protected", help="protected training set (folder or .npz)")
     a.add_argument("--clean", default=None, help="clean training set (and test split, if it has one)")
-    a.add_argument("--test", default=None, help="clean test set")
-    a.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
-                   help="test on this fraction of the --clean images, held out of both training sets "
-                        "(default 0.2 when there is no --test and --clean has no test split)")
+    _add_victim_args(a, "")
     a.add_argument("--defenses", default="standard", help="comma-separated defenses, e.g. none,standard")
-    a.add_argument("--arch", default=None, help="victim architecture (default: the recipe's)")
-    a.add_argument("--recipe", default="auto",
-                   help="training recipe: paper, fast, screen, cpu-small, or one with fields changed "
-                        "(paper:epochs=30,compile=true); auto = paper on a GPU, cpu-small on CPU")
-    a.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     a.add_argument("--size", type=int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--seeds", default=None, metavar="S,S,...",
@@ -472,18 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "reweighting over a victim run")
     z.add_argument("protected", help="protected training set (folder or .npz)")
     z.add_argument("--clean", required=True, help="the clean set the protected one was made from (same ids)")
-    z.add_argument("--test", default=None, help="dfr: clean test set (default: the --clean folder's test split)")
-    z.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
-                   help="dfr: test on this fraction of the clean images, held out of training and of the "
-                        "refit (default 0.2 when there is no test set)")
+    _add_victim_args(z, "dfr: ")
     z.add_argument("--split", default="train", help="split to compare when the inputs have splits (default train)")
     z.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     z.add_argument("--out", default=None, metavar="PNG", help="tsne: output image (default tsne.png)")
     z.add_argument("--n", type=int, default=2000, help="tsne: samples drawn for the embedding")
     z.add_argument("--steps", type=int, default=500, help="separability: L-BFGS iterations")
-    z.add_argument("--recipe", default="auto", help="dfr: victim training recipe (auto = paper on a GPU, cpu-small on CPU)")
-    z.add_argument("--arch", default=None, help="dfr: victim architecture (default: the recipe's)")
-    z.add_argument("--epochs", type=int, default=None, help="dfr: override the recipe's epochs")
     z.add_argument("--defense", default="standard", help="dfr: the victim's training defense")
     z.add_argument("--n-clean", type=int, default=5000, help="dfr: clean images for the last-layer refit")
     z.add_argument("--bn-mode", default="eval", choices=["eval", "train"],
@@ -529,6 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_quickstart)
     return p
+
+
+def _add_victim_args(p: argparse.ArgumentParser, what: str) -> None:
+    """The test set and the victim's training, shared by ``audit`` and ``analyze dfr``."""
+    p.add_argument("--test", default=None, help=f"{what}clean test set (default: the --clean folder's test split)")
+    p.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help=f"{what}test on this fraction of the --clean images, held out of training "
+                        "(default 0.2 when there is no --test and --clean has no test split)")
+    p.add_argument("--recipe", default="auto",
+                   help=f"{what}training recipe: paper, fast, screen, cpu-small, or one with fields changed "
+                        "(paper:epochs=30,compile=true); auto = paper on a GPU, cpu-small on CPU")
+    p.add_argument("--arch", default=None, help=f"{what}victim architecture (default: the recipe's)")
+    p.add_argument("--epochs", type=int, default=None, help=f"{what}override the recipe's epochs")
 
 
 def _sigterm(signum, frame):  # pragma: no cover - exercised by the resume test via a subprocess

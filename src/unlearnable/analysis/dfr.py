@@ -216,9 +216,7 @@ def dfr(protected_x: np.ndarray, protected_y, clean_x: np.ndarray, clean_y, test
         raise UnlearnableError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
     if every < 1:
         raise UnlearnableError(f"every must be at least 1, got {every}")
-    rec = get_recipe(recipe)
-    if arch is not None:
-        rec = dataclasses.replace(rec, arch=arch)
+    rec = get_recipe(recipe, arch=arch)
     cy = np.asarray(clean_y, dtype=np.int64)
     if len(clean_x) != len(cy) or len(clean_x) < 2:
         raise UnlearnableError("DFR needs at least 2 labelled clean images")

@@ -58,7 +58,7 @@ from ..errors import UnlearnableError
 from . import register_method
 from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native
 from .base import working_size as _working_size
-from .resolution import RESIZE_MODES, PaddedResize, resize_matrix, size_batches
+from .resolution import RESIZE_MODES, PaddedResize, size_batches
 
 __all__ = ["PIL", "fit_surrogate", "pil_attack", "surrogate_accuracy", "SURROGATE_FITS"]
 
@@ -212,7 +212,7 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     """PIL's attack with δ at each image's native size, seen by the surrogate through the resize.
 
     The surrogate ``m`` works at ``hw``; it sees ``R(x − δ) = R(x) − R(δ)`` with ``R`` the
-    antialiased bilinear resize (:func:`resize_matrix`), and the signed steps are taken on the
+    antialiased bilinear resize (:func:`~unlearnable.methods.resolution.resize_matrix`), and the signed steps are taken on the
     native δ with the gradient pulled back through ``R`` (``Rᵀ g``). A δ optimised at ``hw``
     and then upsampled is blurred by the trainer's own downsampling back to ``hw`` (measured:
     the protection vanishes); this one is a shortcut *after* that resize, by construction.

@@ -147,18 +147,31 @@ def register_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
-def get_recipe(name: "str | Recipe") -> Recipe:
+def get_recipe(name: "str | Recipe", *, epochs: Optional[int] = None, arch: Optional[str] = None) -> Recipe:
     """The recipe registered as ``name``, or a spec changing some of its fields.
 
     ``"paper:epochs=30,compile=true"`` is ``paper`` with those two fields changed and named by
     the spec, so records of it never pass for the registered protocol. Values are parsed as
-    in defense specs. A :class:`Recipe` is returned as is.
+    in defense specs. A :class:`Recipe` is taken as is.
+
+    Args:
+        name: a registered name, a spec, or a :class:`Recipe`.
+        epochs: if given, overrides the epochs (the CLI's ``--epochs``).
+        arch: if given, overrides the architecture (the CLI's ``--arch``).
 
     Raises:
-        UnlearnableError: unknown recipe, malformed spec, or a field the recipe lacks.
+        UnlearnableError: unknown recipe, malformed spec, a field the recipe lacks, or an
+            override out of range.
     """
-    if isinstance(name, Recipe):
-        return name
+    recipe = name if isinstance(name, Recipe) else _from_spec(name)
+    if epochs is not None:
+        recipe = recipe.replace(epochs=int(epochs))
+    if arch is not None:
+        recipe = recipe.replace(arch=arch)
+    return recipe
+
+
+def _from_spec(name: str) -> Recipe:
     base, changes = parse_named_spec(name, "recipe")
     recipe = RECIPES.get(base)()
     if not changes:
