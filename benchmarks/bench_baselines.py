@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, epoch_progress, load_splits, seeded_subset  # noqa: E402
 
 ALL = ["em", "em-classwise", "rem", "sem", "tap", "tap-untargeted", "sep"]
 #: Iteration-count fields scaled by --steps-scale (inner and outer loops).
@@ -129,12 +129,10 @@ def main(argv=None) -> int:
 
     rows, notes = [], []
     if args.victim:  # the reference row: the same victim on the clean subset
-        recipe = get_recipe(args.victim)
-        if args.victim_epochs:
-            recipe = recipe.replace(epochs=args.victim_epochs)
+        recipe = get_recipe(args.victim, epochs=args.victim_epochs)
         tr = train_victim(train.stacked(), train.labels, test.stacked(), test.labels, recipe=recipe,
                           defense=args.victim_defense, num_classes=train.num_classes, arch=args.victim_arch,
-                          seed=args.seed, device=dev)
+                          seed=args.seed, device=dev, progress=epoch_progress("victim on clean"))
         rows.append(dict(method="(clean)", budget="—", linf=0.0, gen_s=0.0, rounds="",
                          recipe=f"{recipe.name} ({recipe.epochs} ep, {tr.arch})", final=f"{100 * tr.final_acc:.2f}",
                          best=f"{100 * tr.best_acc:.2f}"))
@@ -157,12 +155,10 @@ def main(argv=None) -> int:
         changed = {k: v for k, v in kw.items()}
         notes.append(f"{name}: {changed or 'paper defaults'}; mean linf {res.norms['linf']['mean']:.2f}")
         if args.victim:
-            recipe = get_recipe(args.victim)
-            if args.victim_epochs:
-                recipe = recipe.replace(epochs=args.victim_epochs)
+            recipe = get_recipe(args.victim, epochs=args.victim_epochs)
             tr = train_victim(res.protected.stacked(), train.labels, test.stacked(), test.labels, recipe=recipe,
                               defense=args.victim_defense, num_classes=train.num_classes, arch=args.victim_arch,
-                              seed=args.seed, device=dev)
+                              seed=args.seed, device=dev, progress=epoch_progress(f"victim on {name}"))
             row.update(recipe=f"{recipe.name} ({recipe.epochs} ep, {tr.arch})", final=f"{100 * tr.final_acc:.2f}",
                        best=f"{100 * tr.best_acc:.2f}")
         rows.append(row)

@@ -25,7 +25,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, epoch_progress, load_splits, seeded_subset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -116,9 +115,7 @@ def main(argv=None) -> int:
         from unlearnable.train.engine import train_victim
         from unlearnable.train.recipes import get_recipe
 
-        recipe = get_recipe(args.victim)
-        if args.victim_epochs:
-            recipe = dataclasses.replace(recipe, epochs=args.victim_epochs)
+        recipe = get_recipe(args.victim, epochs=args.victim_epochs)
         defense = None if args.victim_defense == "none" else args.victim_defense
         clean_x, test_x = train.stacked(), test.stacked()
         sets = [("protected", res.protected.stacked())] + ([("clean", clean_x)] if args.clean_victim else [])
@@ -128,7 +125,8 @@ def main(argv=None) -> int:
         for name, x in sets:
             for vs in seeds:
                 v = train_victim(x, train.labels, test_x, test.labels, recipe=recipe, defense=defense,
-                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev, context=context)
+                                 arch=args.victim_arch, num_classes=10, seed=vs, device=dev, context=context,
+                                 progress=epoch_progress(f"victim on {name} seed {vs}"))
                 sel = "" if v.selected_epoch is None else f" selected {v.selected_acc:.4f} (epoch {v.selected_epoch})"
                 out(f"victim on {name}{f' (seed {vs})' if args.victim_seeds else ''}: {v.arch}, recipe {recipe.name} "
                     f"({recipe.epochs} ep), defense {args.victim_defense}: "

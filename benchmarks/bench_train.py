@@ -32,7 +32,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, split_arrays  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, append_results, command_line, epoch_progress, load_splits, split_arrays  # noqa: E402
 
 Split = Tuple[np.ndarray, np.ndarray]
 
@@ -132,12 +132,7 @@ def main(argv=None) -> int:
 
     rows = []
     for recipe in recipes:
-        changes = {}
-        if args.epochs:
-            changes["epochs"] = args.epochs
-        if args.arch:
-            changes["arch"] = args.arch
-        recipe = dataclasses.replace(recipe, **changes)
+        recipe = get_recipe(recipe, epochs=args.epochs, arch=args.arch)
         if warmup:
             # Same shapes as the timed run (compile specialises on them), one epoch, untimed.
             train_victim(xtr, ytr, xte, yte, recipe=dataclasses.replace(recipe, epochs=1),
@@ -146,7 +141,7 @@ def main(argv=None) -> int:
             results = []
             for run in range(args.runs):
                 r = train_victim(datasets[kind], ytr, xte, yte, recipe=recipe, defense=args.defense,
-                                 seed=run, device=device)
+                                 seed=run, device=device, progress=epoch_progress(f"{recipe.name} {kind} seed {run}"))
                 results.append(r)
                 print(f"{recipe.name:>10} {kind:>9} seed {run}: final {r.final_acc:.4f} best {r.best_acc:.4f} "
                       f"train {r.train_seconds:.2f}s ({'compiled' if r.compiled else 'eager'}, {r.amp})", file=sys.stderr)

@@ -85,6 +85,15 @@ def seeded_subset(data, n: Optional[int], seed: int):
     return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
 
 
+def epoch_progress(label: str):
+    """A ``train_victim`` progress callback: an epoch line with an ETA on stderr (at most one
+    every 5 s), so a long CPU run is not silent for its whole length."""
+    from unlearnable.progress import LineProgress
+
+    tick = LineProgress().task(label)
+    return lambda epoch, epochs, info: tick(epoch, epochs)
+
+
 def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
     """The command as typed, for the results file."""
     given = sys.argv[1:] if argv is None else list(argv)

@@ -37,8 +37,9 @@ class LineProgress:
         def tick(done: int, total: int) -> None:
             now = time.perf_counter()
             if not first:
-                # Work before the first tick (a surrogate fit, the part a resumed run already
-                # did) says nothing about the rate of what is left.
+                # A caller with work before its first item (a surrogate fit) or a resumed run
+                # ticks (0 or what was done, total) when the items start: what came before
+                # says nothing about the rate of what is left.
                 first.extend((now, done))
             if done == 0 or (done < total and now - last[0] < self.every):
                 return
@@ -46,9 +47,12 @@ class LineProgress:
             el = now - start
             t1, d1 = first
             if done >= total:
-                eta_s = _fmt_seconds(0)
-            else:
-                eta_s = _fmt_seconds((now - t1) / (done - d1) * (total - done)) if done > d1 else "?"
+                eta = 0.0
+            elif done > d1:
+                eta = (now - t1) / (done - d1) * (total - done)
+            else:  # a first tick with progress (an epoch done): the only rate is since the start
+                eta = el / done * (total - done)
+            eta_s = _fmt_seconds(eta)
             pct = 100.0 * done / total if total else 100.0
             print(f"{description}: {done}/{total} ({pct:.0f}%) elapsed {_fmt_seconds(el)} ETA {eta_s}",
                   file=self.stream, flush=True)

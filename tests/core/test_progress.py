@@ -18,27 +18,40 @@ def _lines(stream):
     return stream.getvalue().splitlines()
 
 
-def test_eta_ignores_time_spent_before_the_first_tick(clock):
+def test_eta_ignores_set_up_before_the_items_start(clock):
     out = io.StringIO()
     tick = P.LineProgress(out, every=0.0).task("protect")
     clock[0] += 60.0  # a minute of set-up (say, a surrogate fit) before any item is done
+    tick(0, 100)  # the items start now
+    clock[0] += 10.0  # then 10 items per 10 s: 90 left take 90 s, 80 left 80 s
     tick(10, 100)
-    clock[0] += 10.0  # then 10 items per 10 s: 80 left take 80 s
+    clock[0] += 10.0
     tick(20, 100)
     first, second = _lines(out)
-    assert first.endswith("ETA ?"), first  # one point gives no rate, and 54 min would be wrong
-    assert "elapsed 1:10" in second and second.endswith("ETA 1:20"), second
+    assert "elapsed 1:10" in first and first.endswith("ETA 1:30"), first  # not 9 min
+    assert second.endswith("ETA 1:20"), second
+
+
+def test_first_tick_with_progress_extrapolates_from_the_start(clock):
+    out = io.StringIO()
+    tick = P.LineProgress(out, every=0.0).task("train")
+    clock[0] += 30.0
+    tick(1, 10)  # one epoch in 30 s: nine more take 4:30
+    clock[0] += 20.0
+    tick(2, 10)  # the next took 20 s: eight more, 2:40
+    assert [ln.rsplit("ETA ", 1)[1] for ln in _lines(out)] == ["4:30", "2:40"]
 
 
 def test_resumed_task_measures_only_the_new_work(clock):
     out = io.StringIO()
     tick = P.LineProgress(out, every=0.0).task("write")
+    clock[0] += 1.0
     tick(900, 1000)  # resumed: 900 were done by an earlier run
     clock[0] += 5.0
     tick(950, 1000)
     clock[0] += 5.0
     tick(1000, 1000)
-    assert [ln.rsplit("ETA ", 1)[1] for ln in _lines(out)] == ["?", "0:05", "0:00"]
+    assert [ln.rsplit("ETA ", 1)[1] for ln in _lines(out)][1:] == ["0:05", "0:00"]
 
 
 def test_lines_are_sparse_but_the_last_is_always_printed(clock):
