@@ -345,3 +345,30 @@ def test_lookahead_recipe_trains_deterministically(data):
     assert strip_time(a.curve) == strip_time(b.curve) and a.final_acc >= 0.8, a.curve
     assert strip_time(a.curve) != strip_time(plain.curve)
     assert a.recipe_params["lookahead_every"] == 2
+
+
+def test_translate_tta_sees_the_image_shifted_both_ways():
+    import torch.nn.functional as F
+
+    from unlearnable.train.engine import evaluate
+
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return lin(x)
+
+    x = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8)
+    xf = x.float() / 255
+    padded = F.pad(xf, (1, 1, 1, 1), mode="reflect")
+    views = [xf, padded[:, :, :4, :4], padded[:, :, 2:, 2:]]  # as is, shifted up-left, down-right
+    with torch.no_grad():
+        mirrored = [0.5 * (lin(v) + lin(v.flip(3))) for v in views]
+        expected = 0.5 * mirrored[0] + 0.25 * (mirrored[1] + mirrored[2])
+    y = expected.argmax(1)
+    assert evaluate(Recorder(), x, y, tta_flip=True, tta_translate=1) == 1.0
+    assert len(seen) == 6 and torch.equal(seen[2], views[1]) and torch.equal(seen[4], views[2])
+    assert evaluate(Recorder(), x, y) < 1.0  # the views change some decisions

@@ -168,6 +168,7 @@ def evaluate(
     batch_size: int = 1024,
     amp: bool = False,
     tta_flip: bool = False,
+    tta_translate: int = 0,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> float:
     """Top-1 accuracy of ``model`` on uint8 NCHW images ``x`` (already on the model's device).
@@ -179,6 +180,8 @@ def evaluate(
         batch_size: images per forward pass.
         amp: bf16 autocast.
         tta_flip: average the logits of each image and its left-right mirror.
+        tta_translate: if ``t > 0``, average half of that with the same for the image shifted
+            by ``t`` pixels up-left and down-right (reflect padding), as airbench94's TTA.
         memory_format: layout the batches are given to the model in.
 
     Returns:
@@ -192,11 +195,23 @@ def evaluate(
     for i in range(0, n, batch_size):
         xb = x[i : i + batch_size].float().div_(255).contiguous(memory_format=memory_format)
         with _autocast(x.device, amp):
-            logits = model(xb).float()
-            if tta_flip:
-                logits = logits + model(xb.flip(3)).float()  # mirror TTA: cheap, +~0.5 points
+            logits = _tta_logits(model, xb, tta_flip)
+            if tta_translate > 0:
+                t = int(tta_translate)
+                h, w = xb.shape[2:]
+                pad = F.pad(xb, (t, t, t, t), mode="reflect")
+                shifted = (_tta_logits(model, pad[:, :, :h, :w].contiguous(memory_format=memory_format), tta_flip)
+                           + _tta_logits(model, pad[:, :, 2 * t:, 2 * t:].contiguous(memory_format=memory_format), tta_flip))
+                logits = 0.5 * logits + 0.25 * shifted
         correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
     return correct.item() / n  # the one sync of the evaluation
+
+
+def _tta_logits(model: torch.nn.Module, xb: torch.Tensor, flip: bool) -> torch.Tensor:
+    logits = model(xb).float()
+    if flip:
+        logits = 0.5 * (logits + model(xb.flip(3)).float())  # mirror TTA: cheap, +~0.5 points
+    return logits
 
 
 _NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -529,4 +544,5 @@ def _evaluate(model, x, y, recipe, amp, fmt) -> float:
     # Eager even when training is compiled: eval mode, no_grad and the eval batch shapes
     # would each cost torch.compile another graph (tens of seconds) to save milliseconds
     # per epoch, and evaluation is not part of the timed training.
-    return evaluate(model, x, y, batch_size=recipe.eval_batch_size, amp=amp, tta_flip=recipe.tta_flip, memory_format=fmt)
+    return evaluate(model, x, y, batch_size=recipe.eval_batch_size, amp=amp, tta_flip=recipe.tta_flip,
+                    tta_translate=recipe.tta_translate, memory_format=fmt)

@@ -91,6 +91,7 @@ class Recipe:
     compile: bool = False  # torch.compile the model, CUDA only; falls back to eager on failure
     eval_batch_size: int = 1024  # images per evaluation forward pass
     tta_flip: bool = False  # evaluate on the mean logits of each image and its mirror
+    tta_translate: int = 0  # also on the image shifted by this many pixels both ways (airbench94: 1; 0: off)
     whiten_images: int = 5000  # images passed to model.init_whitening, if the model has it
     lookahead_every: int = 0  # airbench's lookahead: every this many steps the weights move onto a slow EMA (0: off)
     lookahead_decay: float = 0.95 ** 5  # the EMA's decay at the end of training; it grows as (step / steps)^3
@@ -103,6 +104,8 @@ class Recipe:
             raise UnlearnableError(f"recipe {self.name!r}: unknown optimizer {self.optimizer!r}; one of {', '.join(OPTIMIZERS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise UnlearnableError(f"recipe {self.name!r}: epochs and batch sizes must be positive")
+        if self.tta_translate < 0:
+            raise UnlearnableError(f"recipe {self.name!r}: tta_translate must be >= 0")
         if self.lookahead_every < 0 or not 0.0 <= self.lookahead_decay <= 1.0:
             raise UnlearnableError(f"recipe {self.name!r}: need lookahead_every >= 0 and lookahead_decay in [0, 1]")
         if self.lr <= 0 or self.warmup_epochs < 0:
