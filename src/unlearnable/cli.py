@@ -364,7 +364,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for name in list_recipes(args.pattern):
             r = get_recipe(name)
-            print(f"{name:10s} {r.arch:12s} {r.epochs:3d} epochs, batch {r.batch_size}: {r.description}")
+            print(f"{name:20s} {r.description}")
+            fields = {k: "(" + ",".join(map(str, v)) + ")" if isinstance(v, list) else v
+                      for k, v in r.to_dict().items() if k not in ("name", "description")}
+            _print_params(fields, f"fields ({name}:key=value):")
     return 0
 
 
