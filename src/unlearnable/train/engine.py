@@ -247,8 +247,10 @@ class _Lookahead:
     pulled onto every few steps, ``slow ← slow + (1 − decay)(fast − slow); fast ← slow``.
 
     The decay grows as ``peak · (step / steps)³``: early on the slow copy just follows, late
-    in training it averages the last steps' noise away, which is worth a few tenths of a
-    point in a 10-epoch run. Floating-point BatchNorm statistics are averaged too.
+    in training it averages the last steps' noise away. Floating-point BatchNorm statistics
+    are averaged too. With a learning rate that decays to 0 there is little noise left to
+    average: ``screen`` measured no gain from it (``benchmarks/RESULTS.md``), so no recipe
+    turns it on.
     """
 
     def __init__(self, model: torch.nn.Module, every: int, peak: float, total_steps: int):
