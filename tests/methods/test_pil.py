@@ -161,7 +161,7 @@ def test_effect_linear_classifier_far_below_clean():
 def test_resize_matrix_is_torch_antialiased_bilinear():
     import torch.nn.functional as F
 
-    from unlearnable.methods.pil import resize_matrix
+    from unlearnable.methods.resolution import resize_matrix
 
     for H, W, h, w in [(50, 61, 32, 32), (20, 7, 16, 16), (1, 1, 8, 8), (90, 40, 12, 20), (32, 32, 32, 32)]:
         x = torch.rand(3, H, W)
