@@ -217,7 +217,7 @@ def test_named_recipes_pin_the_protocols():
     assert (p.arch, p.epochs, p.batch_size, p.lr, p.momentum, p.weight_decay, p.schedule) == (
         "resnet18", 60, 128, 0.1, 0.9, 5e-4, "cosine")
     s = get_recipe("screen")
-    assert s.arch == "airbench" and s.tta_flip and s.label_smoothing == 0.2 and s.nesterov
+    assert s.arch == "airbench" and s.tta_flip and s.tta_translate == 1 and s.label_smoothing == 0.2 and s.nesterov
     assert get_recipe("cpu-small").arch == "small-cnn" and not get_recipe("cpu-small").bf16_cpu
 
 
