@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     test = seeded_subset(test, args.test_limit, args.seed + 1)
 
     rows, notes = [], []
+    recipe = get_recipe(args.victim, epochs=args.victim_epochs) if args.victim else None
     if args.victim:  # the reference row: the same victim on the clean subset
-        recipe = get_recipe(args.victim, epochs=args.victim_epochs)
         tr = train_victim(train.stacked(), train.labels, test.stacked(), test.labels, recipe=recipe,
                           defense=args.victim_defense, num_classes=train.num_classes, arch=args.victim_arch,
                           seed=args.seed, device=dev, progress=epoch_progress("victim on clean"))
@@ -155,7 +155,6 @@ def main(argv=None) -> int:
         changed = {k: v for k, v in kw.items()}
         notes.append(f"{name}: {changed or 'paper defaults'}; mean linf {res.norms['linf']['mean']:.2f}")
         if args.victim:
-            recipe = get_recipe(args.victim, epochs=args.victim_epochs)
             tr = train_victim(res.protected.stacked(), train.labels, test.stacked(), test.labels, recipe=recipe,
                               defense=args.victim_defense, num_classes=train.num_classes, arch=args.victim_arch,
                               seed=args.seed, device=dev, progress=epoch_progress(f"victim on {name}"))

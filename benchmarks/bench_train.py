@@ -23,7 +23,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
         recipe = get_recipe(recipe, epochs=args.epochs, arch=args.arch)
         if warmup:
             # Same shapes as the timed run (compile specialises on them), one epoch, untimed.
-            train_victim(xtr, ytr, xte, yte, recipe=dataclasses.replace(recipe, epochs=1),
+            train_victim(xtr, ytr, xte, yte, recipe=recipe.replace(epochs=1),
                          defense=args.defense, seed=12345, device=device)
         for kind in data_kinds:
             results = []

@@ -88,10 +88,9 @@ def seeded_subset(data, n: Optional[int], seed: int):
 def epoch_progress(label: str):
     """A ``train_victim`` progress callback: an epoch line with an ETA on stderr (at most one
     every 5 s), so a long CPU run is not silent for its whole length."""
-    from unlearnable.progress import LineProgress
+    from unlearnable.progress import LineProgress, epoch_tick
 
-    tick = LineProgress().task(label)
-    return lambda epoch, epochs, info: tick(epoch, epochs)
+    return epoch_tick(LineProgress().task(label))
 
 
 def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:

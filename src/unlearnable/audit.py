@@ -29,6 +29,7 @@ import numpy as np
 
 from .data.imageset import ImageSet
 from .errors import UnlearnableError
+from .progress import epoch_tick
 
 EpochTick = Optional[Callable[[str], Callable[[int, int], None]]]
 
@@ -237,7 +238,7 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
             ctx = context if trained_on == "protected" else {"clean_x": x, "clean_y": y}
             result = train_victim(x, y, test_x, test_y, recipe=rec, defense=defense, num_classes=test.num_classes,
                                   seed=seed, device=device, context=ctx,
-                                  progress=(lambda e, n, info, t=tick: t(e, n)) if tick else None)
+                                  progress=epoch_tick(tick))
             d = result.to_dict()
             acc = d["selected_acc"] if d.get("selected_acc") is not None else d["final_acc"]
             record = {"defense": spec, "trained_on": trained_on, "acc": acc, "final_acc": d["final_acc"],

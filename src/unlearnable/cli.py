@@ -254,7 +254,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     elif what == "dfr":
         from .analysis.dfr import dfr
         from .audit import as_training_arrays, check_same_classes, training_size
-        from .progress import progress_ui
+        from .progress import epoch_tick, progress_ui
 
         protected, clean, test, held = _test_set(args, protected, clean)
         if held:
@@ -272,7 +272,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             res = dfr(px, py, cx, cy, tx, ty, recipe=rec, arch=args.arch, defense=args.defense,
                       n_clean=args.n_clean, bn_mode=args.bn_mode, seed=args.seed, device=args.device,
                       num_classes=test.num_classes,
-                      progress=(lambda e, n, info: tick(e, n)) if tick else None)
+                      progress=epoch_tick(tick))
         out.update(res.to_dict())
         base = "—" if res.baseline_acc is None else f"{100 * res.baseline_acc:.2f}%"
         print(f"DFR ({res.n_clean} clean images, BN {res.bn_mode}): max {100 * res.max_acc:.2f}% at epoch "
@@ -360,14 +360,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in list_models(args.pattern):
             print(name)
     elif kind == "recipes":
-        from .train.recipes import get_recipe, list_recipes
+        from .train.recipes import SPEC_FIELDS, get_recipe, list_recipes
 
         for name in list_recipes(args.pattern):
             r = get_recipe(name)
             print(f"{name:20s} {r.description}")
-            fields = {k: "(" + ",".join(map(str, v)) + ")" if isinstance(v, list) else v
-                      for k, v in r.to_dict().items() if k not in ("name", "description")}
-            _print_params(fields, f"fields ({name}:key=value):")
+            _print_params({k: getattr(r, k) for k in SPEC_FIELDS}, f"fields ({name}:key=value):")
     return 0
 
 
@@ -383,10 +381,12 @@ def _print_params(defaults: Dict[str, Any], how: str) -> None:
     import inspect
     import textwrap
 
-    from .defenses.base import _format_value
+    from .registry import format_value
 
     def show(v: Any) -> str:
-        return "none" if v is None else f"{v:.6g}" if isinstance(v, float) else _format_value(v)
+        if isinstance(v, tuple):
+            return "(" + ",".join(map(show, v)) + ")"
+        return "none" if v is None else f"{v:.6g}" if isinstance(v, float) else format_value(v)
 
     items = [k if v is inspect.Parameter.empty else f"{k}={show(v)}" for k, v in defaults.items()]
     if items:

@@ -88,6 +88,11 @@ class RichProgress:
         self._progress.stop()
 
 
+def epoch_tick(tick: Optional[Tick]) -> Optional[Callable[[int, int, dict], None]]:
+    """``train_victim``'s ``progress(epoch, epochs, info)`` driving ``tick`` (None stays None)."""
+    return None if tick is None else (lambda epoch, epochs, info: tick(epoch, epochs))
+
+
 @contextmanager
 def progress_ui(enabled: bool = True, stream=None) -> Iterator[Optional[Callable[[str], Tick]]]:
     """Yield a task factory (``factory("load")(done, total)``), or None when disabled."""

@@ -105,6 +105,13 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def format_value(v: Any) -> str:
+    """A value as written in a spec, read back by :func:`parse_value` (``true``/``false`` for bools)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
 def parse_named_spec(part: str, what: str, spec: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
     """Split ``"name"`` or ``"name:key=value,key=value"`` into the name and parsed keyword values.
 

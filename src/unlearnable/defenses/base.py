@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 
 from ..errors import UnlearnableError
-from ..registry import Registry, parse_named_spec
+from ..registry import Registry, format_value, parse_named_spec
 
 __all__ = [
     "Defense",
@@ -152,7 +152,7 @@ class Defense:
         """
         defaults = {p.name: p.default for p in _init_params(type(self))}
         items = [
-            f"{k}={_format_value(v)}"
+            f"{k}={format_value(v)}"
             for k, v in self.params().items()
             if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)
         ]
@@ -344,12 +344,6 @@ def _init_params(cls: type) -> List[inspect.Parameter]:
         for p in _signature_params(cls)
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
-
-
-def _format_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..budget import Budget
 from ..data.imageset import ImageSet
+from ..errors import UnlearnableError
 from . import register_method
 from .base import Deltas, Method, Progress, at_own_size, per_class_patterns_to_images, rng_for, working_size
 from .resolution import patterns_through_resize
@@ -29,8 +30,6 @@ def _draw(rng: np.random.Generator, shape, eps: float, dist: str) -> np.ndarray:
 
 def _check_dist(dist: str) -> None:
     if dist not in _DISTS:
-        from ..errors import UnlearnableError
-
         raise UnlearnableError(f"dist must be one of {', '.join(_DISTS)}, got {dist!r}")
 
 
@@ -102,6 +101,4 @@ class RandomClasswiseNoise(Method):
     def __post_init__(self) -> None:
         _check_dist(self.dist)
         if self.resize not in ("through", "nearest"):
-            from ..errors import UnlearnableError
-
             raise UnlearnableError(f"random-classwise: resize must be one of through, nearest, got {self.resize!r}")

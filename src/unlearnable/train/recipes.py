@@ -2,8 +2,9 @@
 
 A :class:`Recipe` is a frozen dataclass; change fields with a spec (``get_recipe("paper:epochs=2")``,
 named by the spec, the syntax of defense specs and of ``--recipe``) or with
-:func:`dataclasses.replace`, and every result records the recipe's name and all its fields. Papers on unlearnable examples differ by 20-30 accuracy points on weak
-poisons through the training protocol alone, so a number without its recipe means little.
+:func:`dataclasses.replace`, and every result records the recipe's name and all its fields.
+Papers on unlearnable examples differ by 20-30 accuracy points on weak poisons through the
+training protocol alone, so a number without its recipe means little.
 
 Augmentation is *not* part of a recipe: it belongs to the defense (``standard`` is random
 crop + flip, the audit's default; ``none`` trains on the data as is). The recipe pins the
@@ -55,7 +56,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import UnlearnableError
 from ..registry import Registry, parse_named_spec
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "register_recipe"]
+__all__ = ["Recipe", "RECIPES", "SPEC_FIELDS", "get_recipe", "list_recipes", "register_recipe"]
 
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
 OPTIMIZERS = ("sgd",)
@@ -144,6 +145,9 @@ class Recipe:
 
 RECIPES = Registry("recipe")
 
+#: The fields a recipe spec can change, with their type annotations (strings).
+SPEC_FIELDS: Dict[str, str] = {f.name: f.type for f in dataclasses.fields(Recipe) if f.name not in ("name", "description")}
+
 
 def register_recipe(recipe: Recipe) -> Recipe:
     """Register a recipe instance under its ``name``."""
@@ -180,14 +184,11 @@ def _from_spec(name: str) -> Recipe:
     recipe = RECIPES.get(base)()
     if not changes:
         return recipe
-    fields = [f.name for f in dataclasses.fields(Recipe) if f.name not in ("name", "description")]
-    unknown = sorted(set(changes) - set(fields))
+    unknown = sorted(set(changes) - set(SPEC_FIELDS))
     if unknown:
-        raise UnlearnableError(f"recipe {base!r} has no field {unknown[0]!r}; its fields: {', '.join(fields)}")
-    types = {f.name: f.type for f in dataclasses.fields(Recipe)}  # annotation strings
-    for key, value in changes.items():
-        changes[key] = _typed(name, key, types[key], value)
-    return recipe.replace(name=name.strip(), **changes)
+        raise UnlearnableError(f"recipe {base!r} has no field {unknown[0]!r}; its fields: {', '.join(SPEC_FIELDS)}")
+    typed = {key: _typed(name, key, SPEC_FIELDS[key], value) for key, value in changes.items()}
+    return recipe.replace(name=name.strip(), **typed)
 
 
 def _typed(spec: str, key: str, annotation: str, value: Any) -> Any:
