@@ -144,6 +144,25 @@ def test_ntga_npy_roundtrip(clean, tmp_path, layout):
         import_poison(path, clean)
 
 
+def test_ntga_labels_beside_the_images_are_checked(clean, tmp_path):
+    """NTGA releases ``x_train_cifar10_ntga_cnn_best.npy`` with one-hot ``y_train_cifar10.npy``."""
+    prot = expected(clean, noise_levels())
+    path = tmp_path / "x_train_cifar10_ntga_cnn_best.npy"
+    np.save(path, prot.astype(np.float32) / 255)
+    np.save(tmp_path / "y_train_cifar10.npy", np.eye(K, dtype=np.float32)[clean.labels])
+    np.save(tmp_path / "y_test_cifar10.npy", np.zeros((3, K), np.float32))  # not this file's
+    res = import_poison(path, clean)
+    assert np.array_equal(res.protected.images, prot)
+    assert res.hyperparameters["labels"] == "'y_train_cifar10.npy' match the clean labels"
+    order = np.argsort(clean.labels, kind="stable")  # tfds's order is not the pickles'
+    shuffled = np.eye(K, dtype=np.float32)[clean.labels[order]]
+    np.save(tmp_path / "y_train_cifar10.npy", shuffled)
+    with pytest.raises(UnlearnableError, match=r"x_train_cifar10_ntga_cnn_best.npy: its labels \('y_train_cifar10.npy'\) disagree"):
+        import_poison(path, clean)
+    (tmp_path / "y_train_cifar10.npy").unlink()
+    assert "labels" not in import_poison(path, clean).hyperparameters  # nothing beside it: nothing to check
+
+
 def test_avatar_npz_images_and_noise(clean, tmp_path):
     lv = noise_levels()
     prot = expected(clean, lv)

@@ -30,7 +30,11 @@ Formats (``fmt``; ``"auto"`` detects from the path):
 ``ntga-npy``
     NTGA's ``.npy`` of poisoned *images* (N, H, W, 3) or (N, 3, H, W), read with
     ``allow_pickle=False``: uint8 is taken as is; floats with max ≤ 1 are the [0, 1] scale,
-    otherwise [0, 255]; floats are rounded to grey levels.
+    otherwise [0, 255]; floats are rounded to grey levels. NTGA releases its labels beside the
+    images (``y_train_cifar10.npy`` next to ``x_train_cifar10_ntga_cnn_best.npy``, one-hot):
+    a ``y_<prefix>.npy`` beside ``x_<prefix>….npy`` is read and must equal the clean labels
+    index by index, as AVATAR's ``targets`` (NTGA loaded CIFAR-10 through
+    ``tensorflow_datasets``, whose order is not the python pickles').
 ``avatar-npz``
     An ``.npz`` (``allow_pickle=False``) holding either poisoned images under one of
     ``x``, ``x_train``, ``data``, ``images``, ``poison``, ``poisoned`` (read like ``ntga-npy``)
@@ -307,11 +311,26 @@ def _load_npy(path: Path) -> np.ndarray:
         raise UnlearnableError(f"cannot read {path} as .npy: {type(e).__name__}: {e}") from None
 
 
+def _ntga_labels_file(path: Path) -> Optional[Path]:
+    """NTGA's label file for ``x_<stem>.npy``: the sibling ``y_<p>.npy`` with the longest ``p``
+    that begins ``<stem>`` (``y_train_cifar10.npy`` for ``x_train_cifar10_ntga_cnn_best.npy``)."""
+    if not path.name.startswith("x_"):
+        return None
+    stem = path.stem[2:]
+    found = [q for q in path.parent.glob("y_*.npy") if q.is_file() and stem.startswith(q.stem[2:]) and q.stem[2:]]
+    return max(found, key=lambda q: len(q.stem)) if found else None
+
+
 def _read_ntga_npy(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str, Any]]:
     arr = _load_npy(path)
     if not isinstance(arr, np.ndarray):
         raise UnlearnableError(f"{path}: expected one array, got an archive")
-    return _images_from_array(arr, clean, path)
+    labels_file = _ntga_labels_file(path)
+    labels_info = {}
+    if labels_file is not None:
+        labels_info = _check_labels(_load_npy(labels_file), clean, path, labels_file.name)
+    out, info = _images_from_array(arr, clean, path)
+    return out, {**info, **labels_info}
 
 
 def _read_avatar_npz(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str, Any]]:
