@@ -135,6 +135,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     protected = load_protected(args.protected, split="train")
     clean = load_images(args.clean, split="train") if args.clean else None
+    if clean is not None and len(protected) < len(clean) and set(protected.ids) <= set(clean.ids):
+        # A poison that covers part of the set (imported, matched by content): the clean
+        # victim trains on the clean versions of the same images.
+        _print(f"the protected set covers {len(protected)} of the {len(clean)} clean images; "
+               "clean victims train on those")
+        clean = _by_ids(clean, protected.ids)
     protected, clean, test, held = _test_set(args, protected, clean)
     _print(f"protected: {protected.summary()}; test: {test.summary()}{held}"
            + (f"; clean: {clean.summary()}" if clean else ""))
@@ -167,6 +173,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_ids(data, ids):
+    """``data``'s images with these ids, in this order (all must be in ``data``)."""
+    index = {id_: i for i, id_ in enumerate(data.ids)}
+    return data.subset([index[i] for i in ids])
+
+
 def _aligned_pair(protected_path: str, clean_path: str, split: str):
     """Protected and clean sets of one split, the clean one reordered to the protected ids."""
     from .audit import check_same_classes
@@ -177,14 +189,11 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str):
     protected = load_protected(protected_path, split=split)
     clean = load_images(clean_path, split=split)
     check_same_classes(protected, clean, "protected set", "clean set")
-    if set(protected.ids) != set(clean.ids):
-        only_p = sorted(set(protected.ids) - set(clean.ids))
-        only_c = sorted(set(clean.ids) - set(protected.ids))
-        example = f"e.g. {only_p[0]!r} only in the protected set" if only_p else f"e.g. {only_c[0]!r} only in the clean set"
+    only_p = sorted(set(protected.ids) - set(clean.ids))
+    if only_p:  # the clean set may hold more: a poison matched by content covers part of it
         raise UnlearnableError(f"protected ({len(protected)}) and clean ({len(clean)}) images do not have the same ids; "
-                               f"{example}")
-    index = {id_: i for i, id_ in enumerate(clean.ids)}
-    clean = clean.subset([index[i] for i in protected.ids])
+                               f"e.g. {only_p[0]!r} only in the protected set")
+    clean = _by_ids(clean, protected.ids)
     for i in range(len(protected)):
         if protected.shape_of(i) != clean.shape_of(i):
             raise UnlearnableError(f"image {protected.ids[i]!r} is {protected.shape_of(i)} protected but "
@@ -331,9 +340,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .data.formats import import_to_folder
 
     manifest = import_to_folder(args.poison, args.clean, args.out, fmt=args.format, overwrite=args.overwrite,
-                                check_order=not args.no_alignment_check)
+                                check_order=not args.no_alignment_check, match=args.match)
     n = manifest["norms"]
-    print(f"imported {manifest['input']['n_images']} images ({manifest['method']}) → {Path(args.out).resolve()}")
+    inp = manifest["input"]
+    part = f" (matched by content to {inp['n_images']} of the {inp['subset_of']} clean images)" if inp.get("subset_of") else ""
+    print(f"imported {inp['n_images']} images ({manifest['method']}){part} → {Path(args.out).resolve()}")
     print(f"measured change against the clean set: ℓ∞ max {n['linf_grey_levels']['max']:.0f} grey levels, "
           f"ℓ2 max {n['l2']['max']:.3f}, ℓ0 max {n['l0_pixels']['max']:.0f} px")
     return 0
@@ -496,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--format", default="auto", choices=["auto", *FORMATS])
     m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--match", default="index", choices=["index", "content"],
+                   help="index: poison item i belongs to clean image i (the tools' own order); content: pair each "
+                        "poisoned image with the clean image it was made from, in any order or number (NTGA's "
+                        "tfds order; a class-sorted copy of CIFAR); needs poisoned images, not noise")
     m.add_argument("--no-alignment-check", action="store_true",
                    help="import even when the poison's images look like other images than the clean ones "
                         "(a median change above 32 grey levels per pixel: usually a clean set in another order)")

@@ -339,7 +339,8 @@ def compose_manifest(head: Dict[str, Any], budget: Budget, data: ImageSet, names
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": head.get("input_path"), "split": head.get("split", "train"),
                   "labels": head.get("labels", "auto"), "source": data.source, "n_images": len(data),
-                  "classes": data.classes, "source_files": data.source_files},
+                  "classes": data.classes, "source_files": data.source_files,
+                  **({"subset_of": int(head["subset_of"])} if head.get("subset_of") else {})},
         "labels_used": "pseudo" if plan else ("given" if data.labels is not None else "none"),
         "pseudo_labels": plan,
         "norms": {"declared": budget.norm, "linf_grey_levels": norms["linf"], "l2": norms["l2"],
@@ -351,11 +352,13 @@ def compose_manifest(head: Dict[str, Any], budget: Budget, data: ImageSet, names
 
 def save_protected(result: ProtectedSet, out: str, *, overwrite: bool = False, input_path: Optional[str] = None,
                    split: str = "train", labels: str = "auto", notes: Optional[str] = None,
-                   progress: ProgressFactory = None) -> Dict[str, Any]:
+                   subset_of: Optional[int] = None, progress: ProgressFactory = None) -> Dict[str, Any]:
     """Write any :class:`ProtectedSet` (e.g. another tool's poison, imported) as a protected folder.
 
     Same layout, manifest and atomic rename as ``protect``; ``verify --clean`` works on it
-    when ``input_path`` names the clean set it was measured against.
+    when ``input_path`` names the clean set it was measured against. ``subset_of``: the
+    number of images in that clean set when ``result`` covers only some of them (recorded as
+    ``input.subset_of``, which ``verify`` checks instead of equal counts).
     """
     out_p = Path(out).expanduser().resolve()
     if input_path is not None:
@@ -373,7 +376,8 @@ def save_protected(result: ProtectedSet, out: str, *, overwrite: bool = False, i
         head = {"method": result.method, "hyperparameters": result.hyperparameters,
                 "budget_declared_norm": result.budget.norm, "seed": result.seed, "device": result.device,
                 "wall_seconds": result.seconds, "input_path": str(Path(input_path).expanduser().resolve()) if input_path else None,
-                "split": split, "labels": labels, "pseudo_labels": result.pseudo_labels, "notes": notes}
+                "split": split, "labels": labels, "pseudo_labels": result.pseudo_labels, "notes": notes,
+                "subset_of": subset_of}
         manifest = compose_manifest(head, result.budget, data, names, result.per_image, sha)
         atomic_write_json(part / MANIFEST, manifest)
         _finalize(part, out_p)
@@ -455,8 +459,9 @@ def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFacto
         missing = [f["id"] for f in files if f["id"] not in by_id]
         for m in missing[:20]:
             violations.append(f"{m}: in the manifest but not in the clean input")
-        if len(clean_set) != len(files):
-            violations.append(f"clean input has {len(clean_set)} images, the manifest {len(files)}")
+        expected = inp.get("subset_of") or len(files)  # an imported poison may cover part of the set
+        if len(clean_set) != expected:
+            violations.append(f"clean input has {len(clean_set)} images, the manifest {expected}")
     per_image: List[Dict[str, float]] = []
     tick = progress("verify") if progress else None
     for k, f in enumerate(files):
