@@ -39,6 +39,18 @@ def test_ssim_identical_and_decreasing_with_noise():
     assert 1.0 > vals[0] > vals[1] > vals[2]
 
 
+def test_stacked_sets_match_image_by_image():
+    """Stacked sets are measured in batches; a list one image at a time: the same numbers."""
+    x = images(300, 12, seed=3)
+    y = np.clip(x.astype(int) + np.random.default_rng(4).integers(-9, 10, x.shape), 0, 255).astype(np.uint8)
+    y[5] = x[5]
+    for fn in (psnr, ssim):
+        batched, single = fn(x, y), fn(list(x), list(y))
+        assert batched.shape == (300,) and np.allclose(batched, single, rtol=1e-12)
+        assert fn(x[7], y[7]) == pytest.approx(batched[7], rel=1e-12)
+    assert np.isinf(psnr(x, y)[5]) and ssim(x, y)[5] == pytest.approx(1.0)
+
+
 def test_quality_report_lists_and_small_images():
     a = [images(1, 8)[0], images(1, 20, seed=2)[0]]
     b = [a[0].copy(), np.clip(a[1].astype(int) + 3, 0, 255).astype(np.uint8)]

@@ -48,11 +48,26 @@ def psnr(clean: Images, protected: Images) -> Union[float, np.ndarray]:
     """
     if _single(clean):
         return float(psnr(clean[None], np.asarray(protected)[None])[0])
-    out = []
+    mse = np.concatenate([_mse(a, b) for a, b in _batches(clean, protected)]) if len(clean) else np.zeros(0)
+    with np.errstate(divide="ignore"):
+        return np.where(mse == 0, math.inf, 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-300)))
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return (d * d).reshape(len(d), -1).mean(1)
+
+
+def _batches(clean: Images, protected: Images, size: int = 256):
+    """``(B, H, W, C)`` pairs: slices of stacked sets (fast), else one image at a time."""
+    if isinstance(clean, np.ndarray) and isinstance(protected, np.ndarray) and clean.ndim == 4:
+        if clean.shape != protected.shape:
+            raise ValueError(f"image shapes differ: {clean.shape} vs {protected.shape}")
+        for i in range(0, len(clean), size):
+            yield clean[i:i + size], protected[i:i + size]
+        return
     for a, b in _pairs(clean, protected):
-        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-        out.append(math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse))
-    return np.asarray(out, dtype=np.float64)
+        yield a[None], b[None]
 
 
 def _gauss_window(size: int, sigma: float = 1.5):
@@ -64,12 +79,14 @@ def _gauss_window(size: int, sigma: float = 1.5):
     return g
 
 
-def _ssim_one(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float, k2: float) -> float:
+def _ssim_batch(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float, k2: float) -> np.ndarray:
+    """SSIM of each pair of ``(B, H, W, C)`` images, as a ``(B,)`` array."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(a.astype(np.float64)).permute(2, 0, 1)[:, None]  # (C, 1, H, W)
-    y = torch.from_numpy(b.astype(np.float64)).permute(2, 0, 1)[:, None]
+    n, h, w, c = a.shape
+    x = torch.from_numpy(a.astype(np.float64)).permute(0, 3, 1, 2).reshape(n * c, 1, h, w)  # channels apart
+    y = torch.from_numpy(b.astype(np.float64)).permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
     size = min(win, x.shape[-2], x.shape[-1])
     g = _gauss_window(size, sigma)
     wr, wc = g.view(1, 1, size, 1), g.view(1, 1, 1, size)
@@ -83,7 +100,7 @@ def _ssim_one(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float, k
     syy = blur(y * y) - my * my
     sxy = blur(x * y) - mx * my
     smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(smap.mean())
+    return smap.reshape(n, -1).mean(1).numpy()
 
 
 def ssim(clean: Images, protected: Images, *, win: int = 11, sigma: float = 1.5, k1: float = 0.01,
@@ -103,7 +120,9 @@ def ssim(clean: Images, protected: Images, *, win: int = 11, sigma: float = 1.5,
     """
     if _single(clean):
         return float(ssim(clean[None], np.asarray(protected)[None], win=win, sigma=sigma, k1=k1, k2=k2)[0])
-    return np.asarray([_ssim_one(a, b, win, sigma, k1, k2) for a, b in _pairs(clean, protected)], dtype=np.float64)
+    if not len(clean):
+        return np.zeros(0)
+    return np.concatenate([_ssim_batch(a, b, win, sigma, k1, k2) for a, b in _batches(clean, protected)])
 
 
 def quality_report(clean: Images, protected: Images) -> Dict[str, object]:
