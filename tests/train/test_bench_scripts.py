@@ -125,3 +125,12 @@ def test_train_and_baselines_bench_smoke(tiny_npz, tmp_path):
                       "--victim", "cpu-small", "--victim-epochs", "1", "--device", "cpu", "--record",
                       "--results", str(results)]) == 0
     assert "## Baselines" in results.read_text()
+
+
+def test_import_bench_smoke(tiny_npz, tmp_path, capsys):
+    bench = _load("bench_import")
+    results = tmp_path / "R.md"
+    assert bench.main(["--data", str(tiny_npz), "--n", "40", "--eps", "8", "--record", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| 8 |") >= 2 and "of 40 |" in out
+    assert "## Import by content" in results.read_text()
