@@ -57,8 +57,8 @@ Content order (``match="content"``, ``--match content``): for formats that hold 
 order and however many there are (:mod:`unlearnable.data.matching`): NTGA's release (40,000
 images in ``tensorflow_datasets``' order, shuffled), or a folder in CIFAR's order against a
 class-sorted copy. The result covers the matched clean images only, in the clean set's order.
-Measured on the CIFAR-10 JPEG copy (2 CPU cores): 40,000 shuffled images with ±8/255 noise all
-paired correctly in 11 s with labels, 32 s without.
+Measured on the CIFAR-10 JPEG copy (2 CPU cores, ``benchmarks/bench_import.py``): 40,000 shuffled
+images with ±8/255 or ±16/255 noise all paired correctly, in about 4 s with labels and 17 s without.
 
 Budget: ``none`` (an imported poison's bound is not known); the measured norms go into the
 manifest. ``method`` is ``import:<fmt>``; ``hyperparameters`` say where it came from (file,
