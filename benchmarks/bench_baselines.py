@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, epoch_progress, load_splits, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, epoch_progress, load_splits, record, seeded_subset  # noqa: E402
 
 ALL = ["em", "em-classwise", "rem", "sem", "tap", "tap-untargeted", "sep"]
 #: Iteration-count fields scaled by --steps-scale (inner and outer loops).
@@ -105,8 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", default=None, help="checkpoint folder (resume an interrupted benchmark)")
-    ap.add_argument("--record", action="store_true", help="append the results to RESULTS.md")
-    ap.add_argument("--results", default=str(RESULTS), help="results file for --record")
+    add_record_args(ap)
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -175,8 +174,7 @@ def main(argv=None) -> int:
                      f"{r['recipe']} | {r['final']} | {r['best']} |")
     text = head + "\n" + "\n".join(table) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     print(text)
-    if args.record:
-        append_results("Baselines", text, command_line("bench_baselines.py", argv), Path(args.results))
+    record(args, "Baselines", text, "bench_baselines.py", argv)
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, load_splits, record, seeded_subset  # noqa: E402
 
 #: The audit suite's defenses (issue list), in their registered spelling.
 DEFENSES = ("none,standard,cutout,mixup,cutmix,gray,jpeg10,bdr2,median,gaussian,ueraser-lite,ueraser,ueraser-max,"
@@ -54,8 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, metavar="FILE", help="every run's record, rewritten after each run")
     ap.add_argument("--resume", action="store_true", help="reuse the runs already in --json FILE")
-    ap.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
-    ap.add_argument("--results", default=str(RESULTS), help="results file for --record")
+    add_record_args(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap.parse_args(argv)
 
@@ -161,8 +160,7 @@ def main(argv=None) -> int:
                       for m, (s, lmax, b) in gen.items())
             + "\n" + table(defenses, methods, records) + "\n")
     print(text)
-    if args.record:
-        append_results("Defense table", text, command_line("bench_defenses.py", argv), Path(args.results))
+    record(args, "Defense table", text, "bench_defenses.py", argv)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, load_splits, record  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,8 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eps", default="8,16", help="comma-separated ±ε in grey levels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--record", action="store_true")
-    ap.add_argument("--results", default=str(RESULTS))
+    add_record_args(ap)
     args = ap.parse_args(argv)
 
     import torch
@@ -68,8 +67,7 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
     text = "\n".join(lines)
     print(text)
-    if args.record:
-        append_results("Import by content", text, command_line("bench_import.py", argv), Path(args.results))
+    record(args, "Import by content", text, "bench_import.py", argv)
     return 0
 
 

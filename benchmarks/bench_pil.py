@@ -33,7 +33,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, epoch_progress, load_splits, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, epoch_progress, load_splits, record, seeded_subset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clean-victim", action="store_true", help="also train the victim on the clean (sub)set")
     ap.add_argument("--param", action="append", metavar="NAME=VALUE",
                     help="further PIL hyperparameter, e.g. surrogate_reference_size=0 (repeatable)")
-    ap.add_argument("--record", action="store_true", help="append the results to --results")
-    ap.add_argument("--results", default=str(RESULTS), help="results file for --record")
+    add_record_args(ap)
     args = ap.parse_args(argv)
 
     import torch
@@ -134,9 +133,7 @@ def main(argv=None) -> int:
                 if args.victim_seeds:
                     out("  test accuracy per epoch: " + " ".join(f"{e['test_acc']:.3f}" for e in v.curve))
 
-    if args.record:
-        text = "\n".join(["```", *lines, "```"])
-        append_results("PIL", text, command_line("bench_pil.py", argv), Path(args.results))
+    record(args, "PIL", "\n".join(["```", *lines, "```"]), "bench_pil.py", argv)
     return 0
 
 

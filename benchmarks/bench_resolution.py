@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, append_results, command_line, load_splits, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, load_splits, record, seeded_subset  # noqa: E402
 
 def mixed_sizes(data, lo: int, hi: int, seed: int):
     """Every image upscaled (bicubic) to its own random size in [lo, hi] per side."""
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--defense", default="none", help="the victim's defense (none: no augmentation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--record", action="store_true")
-    ap.add_argument("--results", default=str(RESULTS))
+    add_record_args(ap)
     args = ap.parse_args(argv)
     import torch
 
@@ -103,8 +102,7 @@ def main(argv=None) -> int:
             + "\n".join(notes) + "\n\n| victim side | trained on | final acc % | best acc % | train s |\n|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
     print(text)
-    if args.record:
-        append_results("Resolution policy", text, command_line("bench_resolution.py", argv), Path(args.results))
+    record(args, "Resolution policy", text, "bench_resolution.py", argv)
     return 0
 
 

@@ -116,6 +116,18 @@ def append_results(section: str, text: str, command: str, path: Path = RESULTS) 
     print(f"appended to {path}", file=sys.stderr)
 
 
+def add_record_args(ap) -> None:
+    """``--record`` and ``--results``: whether and where :func:`record` appends."""
+    ap.add_argument("--record", action="store_true", help="append the results to --results")
+    ap.add_argument("--results", default=str(RESULTS), help="results file for --record (default: benchmarks/RESULTS.md)")
+
+
+def record(args, section: str, text: str, script: str, argv: Optional[Sequence[str]] = None) -> None:
+    """With ``--record``, append ``text`` under ``## section`` of ``--results`` with the command."""
+    if args.record:
+        append_results(section, text, command_line(script, argv), Path(args.results))
+
+
 def split_arrays(train, test) -> Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
     """``((x_train, y_train), (x_test, y_test))`` as uint8 NHWC + int64 labels."""
     return (train.stacked(), train.labels), (test.stacked(), test.labels)

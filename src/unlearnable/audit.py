@@ -72,8 +72,8 @@ def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
         raise UnlearnableError(f"--holdout must be a fraction between 0 and 1, got {fraction:g}")
     labels = clean.require_labels("holding out a test set")
     check_same_classes(protected, clean, "protected set", "clean set")
-    index = {id_: i for i, id_ in enumerate(clean.ids)}
-    missing = [i for i in protected.ids if i not in index]
+    known = set(clean.ids)
+    missing = [i for i in protected.ids if i not in known]
     if missing:
         raise UnlearnableError(f"{len(missing)} protected images have no clean counterpart (first: {missing[0]}); "
                                "--clean must be the folder that was protected")
@@ -86,7 +86,7 @@ def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
         held.update(ids[j] for j in rng.permutation(len(ids))[:max(0, n_test)])
     if not held:
         raise UnlearnableError(f"too few images to hold out {fraction:.0%} as a test set; pass --test TEST")
-    test = clean.subset([index[i] for i in sorted(held)])
+    test = clean.subset(clean.positions(sorted(held)))
     keep_p = [j for j, i in enumerate(protected.ids) if i not in held]
     keep_c = [j for j, i in enumerate(clean.ids) if i not in held]
     return protected.subset(keep_p), clean.subset(keep_c), test
@@ -204,12 +204,10 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
     records: List[Dict[str, Any]] = []
     # Clean counterparts of the protected images, aligned by id, for defenses that mix clean data in.
     context: Dict[str, Any] = {}
-    if clean is not None:
-        index = {id_: i for i, id_ in enumerate(clean.ids)}
-        if all(i in index for i in protected.ids):
-            order = [index[i] for i in protected.ids]
-            cx, cy = train_sets[0][1]
-            context = {"clean_x": cx[order], "clean_y": cy[order]}
+    if clean is not None and set(protected.ids) <= set(clean.ids):
+        order = clean.positions(protected.ids)
+        cx, cy = train_sets[0][1]
+        context = {"clean_x": cx[order], "clean_y": cy[order]}
     for spec, defense in defense_objs:
         if not context and _requires_clean(defense):
             raise UnlearnableError(f"defense {spec!r} needs the clean training images: pass --clean CLEAN "

@@ -141,7 +141,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         # victim trains on the clean versions of the same images.
         _print(f"the protected set covers {len(protected)} of the {len(clean)} clean images; "
                "clean victims train on those")
-        clean = _by_ids(clean, protected.ids)
+        clean = clean.subset(clean.positions(protected.ids))
     protected, clean, test, held = _test_set(args, protected, clean)
     _print(f"protected: {protected.summary()}; test: {test.summary()}{held}"
            + (f"; clean: {clean.summary()}" if clean else ""))
@@ -174,12 +174,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _by_ids(data, ids):
-    """``data``'s images with these ids, in this order (all must be in ``data``)."""
-    index = {id_: i for i, id_ in enumerate(data.ids)}
-    return data.subset([index[i] for i in ids])
-
-
 def _aligned_pair(protected_path: str, clean_path: str, split: str):
     """Protected and clean sets of one split, the clean one reordered to the protected ids."""
     from .audit import check_same_classes
@@ -194,7 +188,7 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str):
     if only_p:  # the clean set may hold more: a poison matched by content covers part of it
         raise UnlearnableError(f"protected ({len(protected)}) and clean ({len(clean)}) images do not have the same ids; "
                                f"e.g. {only_p[0]!r} only in the protected set")
-    clean = _by_ids(clean, protected.ids)
+    clean = clean.subset(clean.positions(protected.ids))
     for i in range(len(protected)):
         if protected.shape_of(i) != clean.shape_of(i):
             raise UnlearnableError(f"image {protected.ids[i]!r} is {protected.shape_of(i)} protected but "

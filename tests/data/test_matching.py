@@ -135,3 +135,11 @@ def test_noise_cannot_be_matched_by_content(clean, tmp_path):
         import_poison(path, clean, match="content")
     with pytest.raises(UnlearnableError, match="unknown match 'fuzzy'"):
         import_poison(path, clean, match="fuzzy")
+
+
+def test_positions_select_by_id(clean):
+    ids = [clean.ids[5], clean.ids[2]]
+    assert list(clean.positions(ids)) == [5, 2]
+    assert clean.subset(clean.positions(ids)).ids == ids
+    with pytest.raises(UnlearnableError, match="no image with id 'z/1.png' in this set"):
+        clean.positions([clean.ids[0], "z/1.png"])

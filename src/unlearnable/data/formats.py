@@ -521,12 +521,11 @@ def import_poison(path, clean: ImageSet, fmt: str = "auto", name: Optional[str] 
         info = {**info, "match": "content", "matched": len(index), "of_clean": len(clean),
                 "match_mean_abs_max": round(float(pair_abs.max()), 3)}
         clean, images = clean.subset(index[order]), poison[order]
-        per_image = measure_set(clean.images, images)
     else:
         images, info = _READERS[fmt](p, clean)
-        per_image = measure_set(clean.images, images)
-        if check_order:
-            check_alignment(per_image, p)
+    per_image = measure_set(clean.images, images)
+    if match == "index" and check_order:  # matching by content has checked every pair
+        check_alignment(per_image, p)
     hyper = {"name": name or p.stem, "source": str(p.resolve()), "format": fmt, "sha256": _sha256_of(p), **info}
     return ProtectedSet(clean=clean, protected=clean.with_images(images), method=f"import:{fmt}",
                         hyperparameters=hyper, budget=Budget.parse("none"), seed=None, device="cpu",

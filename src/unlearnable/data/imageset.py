@@ -120,6 +120,18 @@ class ImageSet:
             sha256=None if self.sha256 is None else [self.sha256[i] for i in idx],
         )
 
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        """Where the images with these ids are (``subset(positions(ids))`` selects them by id).
+
+        Raises:
+            UnlearnableError: an id the set does not hold (the first one named).
+        """
+        index = {id_: i for i, id_ in enumerate(self.ids)}
+        missing = next((i for i in ids if i not in index), None)
+        if missing is not None:
+            raise UnlearnableError(f"no image with id {missing!r} in this set")
+        return np.asarray([index[i] for i in ids], dtype=np.int64)
+
     def with_images(self, images: Images) -> "ImageSet":
         """The same set (labels, ids, classes) with other pixels, e.g. the protected ones."""
         if len(images) != len(self):

@@ -25,13 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnlearnableError
+from .formats import MISALIGNED_MEAN_ABS
 from .imageset import ImageSet
 
 __all__ = ["match_by_content"]
-
-#: Above this mean |Δ| (grey levels per value) two images are taken for different images; the
-#: same threshold as :data:`unlearnable.data.formats.MISALIGNED_MEAN_ABS` (measured there).
-MAX_MEAN_ABS = 32.0
 
 
 def _coarse(x: np.ndarray) -> torch.Tensor:
@@ -61,7 +58,7 @@ def _candidates(p: np.ndarray, c: np.ndarray, k: int, chunk: int = 1024) -> Tupl
 
 
 def match_by_content(poison: np.ndarray, clean: ImageSet, labels: Optional[np.ndarray] = None, *,
-                     k: int = 8, max_mean_abs: float = MAX_MEAN_ABS, strict: bool = True,
+                     k: int = 8, max_mean_abs: float = MISALIGNED_MEAN_ABS, strict: bool = True,
                      what: str = "the poison") -> Tuple[np.ndarray, np.ndarray]:
     """The clean image each poisoned image was made from.
 
@@ -71,7 +68,8 @@ def match_by_content(poison: np.ndarray, clean: ImageSet, labels: Optional[np.nd
         labels: the poison's labels, if it has them: candidates are then limited to clean images
             of the same label.
         k: clean candidates compared at full resolution per poisoned image.
-        max_mean_abs: the largest mean |Δ| (grey levels) a pair may have.
+        max_mean_abs: the largest mean |Δ| (grey levels) a pair may have (the import's
+            alignment threshold: above it two images are different images).
         strict: refuse pairs above ``max_mean_abs`` (``False``: keep the closest anyway).
         what: how errors name the poison.
 
