@@ -312,21 +312,27 @@ def _write_text(path: str, text: str) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .data import load_images
-    from .data.save import export_npz
+    from .data.save import check_npz_destination, export_npz
+    from .protect import check_output_location
 
+    fmt = args.format or ("npz" if str(args.out).endswith(".npz") else "png-index")
+    dest = Path(args.out).expanduser().resolve()
+    if fmt == "npz":  # refused before the input is read, not after
+        check_npz_destination(dest, args.overwrite)
+    else:
+        check_output_location(Path(args.input).expanduser().resolve(), dest, args.overwrite)
     data = load_images(args.input, split=args.split)
     if args.size:
         data = data.resized((args.size, args.size))
-    fmt = args.format or ("npz" if str(args.out).endswith(".npz") else "png-index")
     if fmt == "npz" and not data.uniform:
         raise UnlearnableError(f"{args.input} has images of several sizes; an NPZ holds one: pass --size N to "
                                "resize them to N x N")
     if fmt == "npz":
-        export_npz(data, Path(args.out).expanduser().resolve())
+        export_npz(data, dest, overwrite=args.overwrite)
     else:
         from .data.formats import export_png_index
 
-        export_png_index(data, args.out)
+        export_png_index(data, dest, overwrite=args.overwrite)
     print(f"wrote {data.summary()} to {args.out} ({fmt})")
     return 0
 
@@ -444,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--clean", default=None, help="clean training set (and test split, if it has one)")
     _add_victim_args(a, "")
     a.add_argument("--defenses", default="standard", help="comma-separated defenses, e.g. none,standard")
-    a.add_argument("--size", type=int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
+    a.add_argument("--size", type=_positive_int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--seeds", default=None, metavar="S,S,...",
                    help="train every victim once per seed and report mean ± sd (some poisons' results vary "
@@ -473,13 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--split", default="train", help="split to compare when the inputs have splits (default train)")
     z.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     z.add_argument("--out", default=None, metavar="PNG", help="tsne: output image (default tsne.png)")
-    z.add_argument("--n", type=int, default=2000, help="tsne: samples drawn for the embedding")
-    z.add_argument("--steps", type=int, default=500, help="separability: L-BFGS iterations")
+    z.add_argument("--n", type=_positive_int, default=2000, help="tsne: samples drawn for the embedding")
+    z.add_argument("--steps", type=_positive_int, default=500, help="separability: L-BFGS iterations")
     z.add_argument("--defense", default="standard", help="dfr: the victim's training defense")
-    z.add_argument("--n-clean", type=int, default=5000, help="dfr: clean images for the last-layer refit")
+    z.add_argument("--n-clean", type=_positive_int, default=5000, help="dfr: clean images for the last-layer refit")
     z.add_argument("--bn-mode", default="eval", choices=["eval", "train"],
                    help="dfr: BatchNorm statistics as trained (eval) or re-estimated on the clean subset (train)")
-    z.add_argument("--size", type=int, default=None,
+    z.add_argument("--size", type=_positive_int, default=None,
                    help="image side the analysis works at (default: native, or 32 for mixed sizes)")
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--device", default=None)
@@ -491,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out", help="file.npz, or a folder for PNG-per-index")
     e.add_argument("--format", default=None, choices=["npz", "png-index"], help="default: npz for *.npz, else png-index")
     e.add_argument("--split", default="train")
-    e.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE (needed for mixed sizes)")
+    e.add_argument("--size", type=_positive_int, default=None, help="resize to SIZE x SIZE (needed for mixed sizes)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.set_defaults(func=cmd_export)
 
     from .data.formats import FORMATS
@@ -519,11 +526,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("quickstart", help="protect scikit-learn's digits and compare victims (CPU, < 2 min)")
     s.add_argument("--methods", default="random,random-classwise,regions-4,pil")
     s.add_argument("--eps", default="8/255")
-    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--epochs", type=_positive_int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_quickstart)
     return p
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for sizes and counts: ``--size 0`` is refused, not read as "default"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _add_victim_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -536,7 +554,7 @@ def _add_victim_args(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"{what}training recipe: paper, fast, screen, cpu-small, or one with fields changed "
                         "(paper:epochs=30,compile=true); auto = paper on a GPU, cpu-small on CPU")
     p.add_argument("--arch", default=None, help=f"{what}victim architecture (default: the recipe's)")
-    p.add_argument("--epochs", type=int, default=None, help=f"{what}override the recipe's epochs")
+    p.add_argument("--epochs", type=_positive_int, default=None, help=f"{what}override the recipe's epochs")
 
 
 def _sigterm(signum, frame):  # pragma: no cover - exercised by the resume test via a subprocess

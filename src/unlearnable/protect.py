@@ -27,7 +27,8 @@ from . import __version__
 from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
 from .data.imageset import ImageSet
-from .data.save import atomic_write_bytes, atomic_write_json, export_npz, output_names, write_pngs
+from .data.save import (atomic_write_bytes, atomic_write_json, check_npz_destination, export_npz,
+                        move_into_place, output_names, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
 from .errors import UnlearnableError, VerificationError
 from .methods import create_method
@@ -149,6 +150,8 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     npz_path = Path(job.npz).expanduser().resolve() if job.npz else None
     if npz_path is not None and _is_within(npz_path, inp):
         raise UnlearnableError(f"NPZ export {npz_path} is inside the input {inp}")
+    if npz_path is not None:  # found now, not after the whole set has been protected
+        check_npz_destination(npz_path, overwrite=job.overwrite or job.resume)
 
     method = create_method(job.method, **(job.params or {}))
     budget = method.parse_budget(job.budget)
@@ -241,7 +244,7 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
 
     manifest = build_manifest(job, method, budget, data, names, per_image, done, gen)
     if npz_path is not None:
-        export_npz(data.with_images(images), npz_path)
+        export_npz(data.with_images(images), npz_path, overwrite=job.overwrite or job.resume)
         log(f"wrote {npz_path}")
     # The manifest is written last: a partial folder holding one is complete and only needs
     # the transient files removed and the rename (see the resume branch in protect_folder).
@@ -283,19 +286,7 @@ def _finalize(part: Path, out: Path) -> None:
     # A kill -9 between creating a temporary file and its rename leaves it behind.
     for tmp in part.rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-    _move_into_place(part, out)
-
-
-def _move_into_place(part: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        part.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        part.rename(out)
+    move_into_place(part, out)
 
 
 def build_manifest(job: ProtectJob, method, budget: Budget, data: ImageSet, names: List[str],

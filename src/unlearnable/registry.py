@@ -105,6 +105,42 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def typed_value(owner: str, key: str, annotation: str, value: Any) -> Any:
+    """``value`` as a field annotated ``annotation`` takes it, or a one-line error.
+
+    What :func:`parse_value` gives ``--param`` and spec values is checked against the field's
+    type, so ``steps=abc`` or ``steps=3.5`` fails by name instead of deep inside a method. An
+    int is a valid float, and a float field also takes a fraction such as ``2/255`` (step
+    sizes are written that way in the papers). Annotations other than ``bool``, ``int``,
+    ``float`` and ``str`` (optionally ``Optional[...]``) are not checked.
+
+    Args:
+        owner: how the error names what the field belongs to (``"method 'pil'"``).
+        key: the field's name.
+        annotation: the field's annotation as a string (``"Optional[float]"``).
+        value: the given value.
+    """
+    optional = annotation.startswith("Optional[")
+    kind = annotation[len("Optional["):-1] if optional else annotation
+    if value is None and optional:
+        return None
+    if kind == "float" and isinstance(value, str):
+        num, slash, den = value.partition("/")
+        try:
+            value = float(num) / float(den) if slash else value
+        except (ValueError, ZeroDivisionError):
+            pass
+    checks = {"bool": lambda v: isinstance(v, bool),
+              "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str)}
+    if kind not in checks:
+        return value
+    if not checks[kind](value):
+        raise UnlearnableError(f"{owner}: {key} must be {annotation}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
 def format_value(v: Any) -> str:
     """A value as written in a spec, read back by :func:`parse_value` (``true``/``false`` for bools)."""
     if isinstance(v, bool):

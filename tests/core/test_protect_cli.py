@@ -245,7 +245,32 @@ def test_unknown_method_and_param(tmp_path, capsys):
     assert_one_line_error(code, o, "nope")
     code, o = run(["protect", src, "--out", tmp_path / "out", "--param", "bogus"], capsys)
     assert_one_line_error(code, o, "bogus")
+    for param, says in [("nosuch=1", "method 'pil' has no parameter 'nosuch'"),
+                        ("steps=abc", "steps must be int, got 'abc'"),
+                        ("steps=3.5", "steps must be int, got 3.5"),
+                        ("step_size=1/0", "step_size must be Optional[float], got '1/0'")]:
+        code, o = run(["protect", src, "--out", tmp_path / "out", "--method", "pil", "--param", param], capsys)
+        assert_one_line_error(code, o, says)
     assert _no_output(tmp_path)
+
+
+def test_float_params_take_fractions(tmp_path, capsys):
+    # Step sizes are written as fractions in the papers; 2/255 reaches the method as a float.
+    src = make_folder(tmp_path / "in", mixed=False)
+    code, o = run(["protect", src, "--out", tmp_path / "out", "--method", "pil", "--param", "step_size=2/255",
+                   "--quiet"], capsys)
+    assert code == 0, o.err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["hyperparameters"]["step_size"] == pytest.approx(2 / 255)
+
+
+@pytest.mark.parametrize("args", [["audit", "P", "--size", "0"], ["audit", "P", "--epochs", "-1"],
+                                  ["export", "P", "x.npz", "--size", "-3"], ["analyze", "csd", "P", "--clean", "C",
+                                                                             "--n-clean", "0"]])
+def test_sizes_and_counts_must_be_positive(args, capsys):
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage error, before anything is read
+        main(args)
+    assert exc.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
 
 
 def test_verify_errors(tmp_path, capsys):
@@ -356,6 +381,24 @@ def test_export_of_mixed_sizes_names_the_size_flag(tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists()
     assert run(["export", src, tmp_path / "x.npz", "--size", "16"], capsys)[0] == 0
     assert np.load(tmp_path / "x.npz")["x"].shape[1:] == (16, 16, 3)
+
+
+def test_export_refuses_an_existing_output_unless_overwrite(tmp_path, capsys):
+    src = make_folder(tmp_path / "in", mixed=False)
+    for out in (tmp_path / "x.npz", tmp_path / "idx"):
+        assert run(["export", src, out], capsys)[0] == 0
+        before = sorted(p.stat().st_mtime_ns for p in ([out] if out.is_file() else out.iterdir()))
+        code, o = run(["export", src, out], capsys)
+        assert_one_line_error(code, o, "already exists; pass --overwrite")
+        assert sorted(p.stat().st_mtime_ns for p in ([out] if out.is_file() else out.iterdir())) == before
+        assert run(["export", src, out, "--size", "8", "--overwrite"], capsys)[0] == 0
+    assert np.load(tmp_path / "x.npz")["x"].shape[1:] == (8, 8, 3)
+    assert load_images(tmp_path / "idx").shape_of(0) == (8, 8)
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left beside the outputs
+    # protect --npz checks its destination before protecting anything
+    code, o = run(["protect", src, "--out", tmp_path / "p", "--npz", tmp_path / "x.npz", "--quiet"], capsys)
+    assert_one_line_error(code, o, "x.npz already exists")
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p*"))
 
 
 def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, monkeypatch):

@@ -556,6 +556,20 @@ def test_npz_grayscale_replicated(tmp_path, shape):
         assert np.array_equal(s.images[..., c], gray)
 
 
+def test_npz_that_is_not_numpy_or_holds_objects(tmp_path):
+    # NumPy takes both for pickles and advises loading "unsafely"; the error says what is wrong.
+    p = tmp_path / "f.npz"
+    p.write_bytes(b"not an archive")
+    with pytest.raises(UnlearnableError) as e:
+        load_images(p)
+    assert_one_line_error(e, str(p), "not a NumPy file")
+    assert "unsafely" not in str(e.value)
+    np.savez(p, x=np.zeros((2, 2, 2, 3), np.uint8), y=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(UnlearnableError) as e:
+        load_images(p)
+    assert_one_line_error(e, str(p), "pickled objects")
+
+
 def test_npz_errors(tmp_path):
     p = tmp_path / "f.npz"
     np.savez(p, x=np.zeros((2, 2, 2, 3), np.float32), y=np.array([0, 1]))

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import re
 import shutil
@@ -83,8 +82,8 @@ import numpy as np
 from ..budget import Budget
 from ..errors import UnlearnableError
 from .imageset import ImageSet, Images
-from .load import _RestrictedUnpickler, _read_bytes, load_images, read_image
-from .save import atomic_write_bytes, encode_png
+from .load import _RestrictedUnpickler, _read_bytes, load_images, read_image, read_npz, read_numpy
+from .save import atomic_write_bytes, encode_png, move_into_place
 
 FORMATS = ("png-index", "em-pt", "rem-pkl", "ntga-npy", "avatar-npz")
 _IMAGE_KEYS = ("x", "x_train", "data", "images", "poison", "poisoned")
@@ -338,12 +337,7 @@ def _read_rem_pkl(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str, An
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(_read_bytes(str(path))), allow_pickle=False)
-    except UnlearnableError:
-        raise
-    except Exception as e:
-        raise UnlearnableError(f"cannot read {path} as .npy: {type(e).__name__}: {e}") from None
+    return read_numpy(str(path), ".npy")
 
 
 def _ntga_labels_file(path: Path) -> Optional[Path]:
@@ -369,13 +363,7 @@ def _read_ntga_npy(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str, A
 
 def _load_npz(path: Path) -> Tuple[Dict[str, np.ndarray], Optional[str], Optional[str], Optional[str]]:
     """An AVATAR-style archive's arrays and which keys hold labels, images and noise."""
-    try:
-        with np.load(io.BytesIO(_read_bytes(str(path))), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except UnlearnableError:
-        raise
-    except Exception as e:
-        raise UnlearnableError(f"cannot read {path} as .npz: {type(e).__name__}: {e}") from None
+    arrays = read_npz(str(path))
     label_key = next((k for k in _LABEL_KEYS if k in arrays), None)
     rest = {k: v for k, v in arrays.items() if k != label_key}
     image_key = next((k for k in _IMAGE_KEYS if k in rest), None)
@@ -554,15 +542,18 @@ def import_to_folder(path, clean_path, out, fmt: str = "auto", overwrite: bool =
                           subset_of=subset_of)
 
 
-def export_png_index(protected: ImageSet, folder) -> Path:
+def export_png_index(protected: ImageSet, folder, overwrite: bool = False) -> Path:
     """Write ``protected`` as ``<index:05d>.png`` files (index = position in the set).
 
     The folder appears atomically: files are written into a hidden temporary folder beside it,
-    which is renamed into place at the end. ``folder`` must not exist yet.
+    which is renamed into place at the end. An existing ``folder`` is refused, or with
+    ``overwrite`` replaced once the new one is complete.
     """
     out = Path(folder).expanduser().resolve()
-    if out.exists():
-        raise UnlearnableError(f"output {out} already exists")
+    if out.exists() and not overwrite:
+        raise UnlearnableError(f"output {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise UnlearnableError(f"output {out} exists and is not a folder")
     if not out.parent.is_dir():
         raise UnlearnableError(f"{out.parent}: folder does not exist")
     part = out.parent / f".{out.name}.partial"
@@ -572,7 +563,7 @@ def export_png_index(protected: ImageSet, folder) -> Path:
     try:
         for i in range(len(protected)):
             atomic_write_bytes(part / f"{i:05d}.png", encode_png(protected.image(i)))
-        os.replace(part, out)
+        move_into_place(part, out)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise

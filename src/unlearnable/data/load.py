@@ -172,6 +172,38 @@ def _read_bytes(path: str) -> bytes:
         raise UnlearnableError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def read_numpy(path: str, what: str = ".npz", data: Optional[bytes] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
+    """An ``.npy`` array or an ``.npz`` archive's arrays, without unpickling, or a one-line error.
+
+    NumPy reads any file that is neither ``.npy`` nor zip as a pickle and, refusing it, tells
+    the user to "load it unsafely"; that advice is replaced by what the file is not.
+    """
+    try:
+        obj = np.load(io.BytesIO(_read_bytes(path) if data is None else data), allow_pickle=False)
+        if not isinstance(obj, np.lib.npyio.NpzFile):
+            return obj
+        with obj:
+            return {k: obj[k] for k in obj.files}
+    except UnlearnableError:
+        raise
+    except Exception as e:
+        if isinstance(e, ValueError) and "Object arrays" in str(e):
+            reason = "it holds arrays of pickled objects, which are never loaded (unpickling can run code)"
+        elif isinstance(e, ValueError) and "pickled" in str(e):
+            reason = "not a NumPy file (neither .npy nor a zip archive)"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        raise UnlearnableError(f"cannot read {path} as {what}: {reason}") from None
+
+
+def read_npz(path: str, data: Optional[bytes] = None) -> Dict[str, np.ndarray]:
+    """:func:`read_numpy` for a file that must be an ``.npz`` archive."""
+    arrays = read_numpy(path, ".npz", data)
+    if not isinstance(arrays, dict):
+        raise UnlearnableError(f"{path}: expected an .npz archive, got a single .npy array")
+    return arrays
+
+
 def _read_image(path: str) -> Tuple[np.ndarray, str]:
     data = _read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
@@ -564,11 +596,7 @@ def _str_array(value: np.ndarray, path: str, key: str) -> List[str]:
 def _load_npz(path: str, split: Optional[str], labels: str) -> ImageSet:
     data = _read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise UnlearnableError(f"cannot read NPZ file {path}: {type(e).__name__}: {e}") from None
+    arrays = read_npz(path, data)
 
     splits = _npz_splits(arrays)
     if split and f"x_{split}" in arrays:
@@ -688,12 +716,7 @@ def find_splits(path: PathLike) -> List[str]:
     p = _check_path(path)
     kind, where = _resolve(p)
     if kind == "npz":
-        data = _read_bytes(where)
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return _npz_splits(z.files)
-        except Exception as e:
-            raise UnlearnableError(f"cannot read NPZ file {where}: {type(e).__name__}: {e}") from None
+        return _npz_splits(list(read_npz(where)))
     if kind in ("cifar10", "cifar100"):
         return sorted(_cifar_splits(kind, where))
     if kind == "splits":

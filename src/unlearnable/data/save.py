@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -118,16 +119,41 @@ def write_pngs(root: Path, names: Sequence[str], images: Sequence[np.ndarray], s
     return written
 
 
-def export_npz(data: ImageSet, path: Path) -> Path:
-    """Write a flat NPZ (``x`` uint8 NHWC, ``y``, ``classes``, ``ids``) for fast benchmarking.
+def move_into_place(part: Path, out: Path) -> None:
+    """Rename a finished temporary folder to ``out``, replacing an existing ``out`` only once
+    the new one is complete (the old one is moved aside first, then removed)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        part.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        part.rename(out)
 
-    Mixed-size sets cannot be stacked: resize them first (``ImageSet.resized``).
-    """
+
+def check_npz_destination(path: Path, overwrite: bool = False) -> Path:
+    """Refuse an NPZ destination that cannot or must not be written, before any work is done."""
     path = Path(path)
     if path.suffix != ".npz":
         raise UnlearnableError(f"{path}: NPZ export needs a file name ending in .npz")
     if not path.parent.is_dir():
         raise UnlearnableError(f"{path.parent}: folder does not exist")
+    if path.is_dir():
+        raise UnlearnableError(f"{path} is a folder, not a file name")
+    if path.exists() and not overwrite:
+        raise UnlearnableError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+def export_npz(data: ImageSet, path: Path, overwrite: bool = False) -> Path:
+    """Write a flat NPZ (``x`` uint8 NHWC, ``y``, ``classes``, ``ids``) for fast benchmarking.
+
+    Mixed-size sets cannot be stacked: resize them first (``ImageSet.resized``). An existing
+    file is replaced (atomically) only with ``overwrite``.
+    """
+    path = check_npz_destination(path, overwrite)
     x = data.stacked()
     arrays = {"x": x, "ids": np.array(data.ids, dtype=str), "classes": np.array(data.classes, dtype=str)}
     if data.labels is not None:

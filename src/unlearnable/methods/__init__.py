@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List
 
-from ..registry import Registry
+from ..errors import UnlearnableError
+from ..registry import Registry, typed_value
 from .base import Method, ProtectedSet
 
 METHODS = Registry("method")
@@ -16,15 +18,20 @@ register_method = METHODS.register
 
 
 def create_method(name: str, **kwargs: Any) -> Method:
-    """Instantiate a registered method with hyperparameters as keyword arguments."""
-    cls = METHODS.get(name)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        from ..errors import UnlearnableError
+    """Instantiate a registered method with hyperparameters as keyword arguments.
 
-        fields = ", ".join(f.name for f in __import__("dataclasses").fields(cls))
-        raise UnlearnableError(f"bad parameter for method {name!r} ({exc}); it takes: {fields or 'nothing'}") from None
+    Values are checked against the fields' types first (:func:`~unlearnable.registry.typed_value`:
+    ``steps=abc`` is a one-line error, ``step_size="2/255"`` a float), so what comes from
+    ``--param`` fails by name.
+    """
+    cls = METHODS.get(name)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+        raise UnlearnableError(f"method {name!r} has no parameter {unknown[0]!r}; "
+                               f"its parameters: {', '.join(fields) or 'none'}")
+    typed = {k: typed_value(f"method {name!r}", k, fields[k], v) for k, v in kwargs.items()}
+    return cls(**typed)
 
 
 def list_methods(pattern: str = "*") -> List[str]:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UnlearnableError
-from ..registry import Registry, parse_named_spec
+from ..registry import Registry, parse_named_spec, typed_value
 
 __all__ = ["Recipe", "RECIPES", "SPEC_FIELDS", "get_recipe", "list_recipes", "register_recipe"]
 
@@ -187,23 +187,9 @@ def _from_spec(name: str) -> Recipe:
     unknown = sorted(set(changes) - set(SPEC_FIELDS))
     if unknown:
         raise UnlearnableError(f"recipe {base!r} has no field {unknown[0]!r}; its fields: {', '.join(SPEC_FIELDS)}")
-    typed = {key: _typed(name, key, SPEC_FIELDS[key], value) for key, value in changes.items()}
+    typed = {key: typed_value(f"bad recipe spec {name!r}", key, SPEC_FIELDS[key], value)
+             for key, value in changes.items()}
     return recipe.replace(name=name.strip(), **typed)
-
-
-def _typed(spec: str, key: str, annotation: str, value: Any) -> Any:
-    """``value`` as the field's type (an int is a valid float), or a one-line error."""
-    optional = annotation.startswith("Optional[")
-    kind = annotation[len("Optional["):-1] if optional else annotation
-    if value is None and optional:
-        return None
-    ok = {"bool": isinstance(value, bool),
-          "int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "str": isinstance(value, str)}.get(kind)
-    if not ok:
-        raise UnlearnableError(f"bad recipe spec {spec!r}: {key} must be {annotation}, got {value!r}")
-    return float(value) if kind == "float" else value
 
 
 def list_recipes(pattern: str = "*") -> List[str]:
