@@ -134,8 +134,10 @@ class AuditLog:
                                        "start again")
             if resume:
                 paths.append(self.path)
-        if self.path is not None and not self.path.parent.is_dir():
-            raise UnlearnableError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
+        if self.path is not None:
+            from .data.save import check_writable
+
+            check_writable(self.path)
         self.earlier = [r for p in paths for r in _read_records(p)]
 
     def add(self, record: Dict[str, Any]) -> None:

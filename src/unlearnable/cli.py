@@ -123,6 +123,7 @@ def _test_set(args: argparse.Namespace, protected, clean):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit, best_epoch_warnings
+    from .data.save import check_writable
     from .data import load_images
     from .progress import progress_ui
 
@@ -132,6 +133,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     # Before loading anything: a clash with an existing --json fails at once.
     log = AuditLog(args.json, resume=args.resume, overwrite=args.overwrite, reuse=args.reuse or ())
+    if args.markdown:
+        check_writable(args.markdown)
     from .protect import load_protected
 
     protected = load_protected(args.protected, split="train")
@@ -214,7 +217,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from .data.save import check_writable
+
     what = args.what
+    for dest in (args.json, args.out if what == "tsne" else None):
+        if dest:
+            check_writable(dest)
     protected, clean = _aligned_pair(args.protected, args.clean, args.split)
     _print(f"protected: {protected.summary()}; clean: {clean.summary()}")
     out: Dict[str, Any] = {"analysis": what, "protected": str(args.protected), "clean": str(args.clean),
@@ -302,12 +310,9 @@ def auto_recipe(name: str, device: Optional[str]) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    from .data.save import atomic_write_bytes
+    from .data.save import atomic_write_bytes, check_writable
 
-    p = Path(path).expanduser()
-    if not p.parent.is_dir():
-        raise UnlearnableError(f"cannot write {p}: folder {p.parent} does not exist")
-    atomic_write_bytes(p, text.encode())
+    atomic_write_bytes(check_writable(path), text.encode())
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -65,6 +65,13 @@ def test_audit_errors(tmp_path, capsys):
     assert code == 2 and "nope" in capsys.readouterr().err
     code = main(["audit", str(train), "--test", str(train), "--recipe", "nope"])
     assert code == 2 and "nope" in capsys.readouterr().err
+    # Output files that cannot be written fail before any training, not after it.
+    for cmd in (["audit", str(train), "--test", str(train), "--markdown", str(tmp_path / "no" / "a.md")],
+                ["analyze", "quality", str(train), "--clean", str(train), "--json", str(tmp_path / "no" / "q.json")],
+                ["analyze", "tsne", str(train), "--clean", str(train), "--out", str(tmp_path)]):
+        code = main(cmd)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1, err
 
 
 def test_audit_holds_out_a_test_set_from_the_owners_folder(tmp_path, capsys):

@@ -68,9 +68,9 @@ def tsne_plot(features: np.ndarray, labels, path: Union[str, Path], *, n: int = 
         import matplotlib.pyplot as plt
     except ImportError:
         raise UnlearnableError("the t-SNE plot needs matplotlib: pip install 'unlearnable[plots]'") from None
-    p = Path(path).expanduser()
-    if not p.parent.is_dir():
-        raise UnlearnableError(f"cannot write {p}: folder {p.parent} does not exist")
+    from ..data.save import check_writable
+
+    p = check_writable(path)
     emb, y, _ = tsne_embedding(features, labels, n=n, seed=seed, perplexity=perplexity)
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
     try:

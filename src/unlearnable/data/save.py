@@ -119,6 +119,17 @@ def write_pngs(root: Path, names: Sequence[str], images: Sequence[np.ndarray], s
     return written
 
 
+def check_writable(path) -> Path:
+    """``path`` (expanded) if a file can be created there, else the one-line error: checked
+    before long work, so that hours of training do not end in "folder does not exist"."""
+    p = Path(path).expanduser()
+    if not p.parent.is_dir():
+        raise UnlearnableError(f"cannot write {p}: folder {p.parent} does not exist")
+    if p.is_dir():
+        raise UnlearnableError(f"cannot write {p}: it is a folder")
+    return p
+
+
 def move_into_place(part: Path, out: Path) -> None:
     """Rename a finished temporary folder to ``out``, replacing an existing ``out`` only once
     the new one is complete (the old one is moved aside first, then removed)."""
