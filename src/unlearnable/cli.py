@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("protect", help="protect a folder (or CIFAR/NPZ set) of images")
     q.add_argument("input", help="ImageFolder (root/<class>/<file>), flat folder, CIFAR batch folder or .npz")
     q.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
-    q.add_argument("--method", default="random-classwise", help="protection method (see `unlearnable methods`)")
+    q.add_argument("--method", default="pil",
+                   help="protection method (default pil: no network to train; see `unlearnable methods`)")
     q.add_argument("--eps", default=None, help="budget: 8/255, 8 (grey levels), 0.0314, l2:1.0 (default: the method's)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--param", action="append", metavar="NAME=VALUE", help="method hyperparameter (repeatable)")
