@@ -357,29 +357,31 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    kind = args.kind
-    if kind == "methods":
-        from .methods import METHODS
+    from .defenses import DEFENSES
+    from .methods import METHODS
+    from .models import MODELS
+    from .train.recipes import RECIPES
 
+    kind = args.kind
+    registry = {"methods": METHODS, "defenses": DEFENSES, "models": MODELS, "recipes": RECIPES}[kind]
+    if not registry.list(args.pattern):
+        raise UnlearnableError(f"no {kind} match {args.pattern!r}; available: {', '.join(registry.list())}")
+    if kind == "methods":
         for name in METHODS.list(args.pattern):
             cls = METHODS.get(name)
             print(f"{name:20s} {cls.budget_norm:5s} {cls.default_budget:8s} {cls.paper}")
             _print_params(METHODS.defaults(name), "--param defaults:")
     elif kind == "defenses":
-        from .defenses import DEFENSES
-
         for name in DEFENSES.list(args.pattern):
             print(f"{name:20s} {_summary(DEFENSES.get(name))}")
             _print_params(DEFENSES.defaults(name), "defaults:")
     elif kind == "models":
-        from .models import list_models
-
-        for name in list_models(args.pattern):
+        for name in MODELS.list(args.pattern):
             print(name)
     elif kind == "recipes":
-        from .train.recipes import SPEC_FIELDS, get_recipe, list_recipes
+        from .train.recipes import SPEC_FIELDS, get_recipe
 
-        for name in list_recipes(args.pattern):
+        for name in RECIPES.list(args.pattern):
             r = get_recipe(name)
             print(f"{name:20s} {r.description}")
             _print_params({k: getattr(r, k) for k in SPEC_FIELDS}, f"fields ({name}:key=value):")

@@ -183,6 +183,10 @@ def test_list_commands(capsys):
     out = capsys.readouterr().out
     for name in ("random-classwise", "regions-4", "standard", "resnet18", "paper", "cpu-small"):
         assert name in out
+    for kind in ("methods", "defenses", "models", "recipes"):  # a pattern matching nothing says so
+        assert main([kind, "zzz*"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: no {kind} match 'zzz*'; available: ") and err.count("\n") == 1
 
 
 def test_listings_show_settable_parameters(capsys):
