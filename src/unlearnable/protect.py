@@ -27,7 +27,7 @@ from . import __version__
 from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
 from .data.imageset import ImageSet
-from .data.save import (atomic_write_bytes, atomic_write_json, check_npz_destination, export_npz,
+from .data.save import (atomic_write, atomic_write_json, check_npz_destination, export_npz,
                         move_into_place, output_names, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
 from .errors import UnlearnableError, VerificationError
@@ -95,15 +95,10 @@ def _fingerprint(data: ImageSet) -> str:
 
 
 def _save_stage(path: Path, result: ProtectedSet) -> None:
-    import io
-
     imgs = result.protected.images
-    buf = io.BytesIO()
-    if isinstance(imgs, np.ndarray):
-        np.savez(buf, x=imgs)
-    else:
-        np.savez(buf, **{f"i{i}": im for i, im in enumerate(imgs)})
-    atomic_write_bytes(path, buf.getvalue())
+    arrays = {"x": imgs} if isinstance(imgs, np.ndarray) else {f"i{i}": im for i, im in enumerate(imgs)}
+    # Streamed into the file: a copy of every protected image in memory would double the peak.
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_stage(path: Path, n: int):

@@ -92,3 +92,28 @@ def test_describe_and_dict():
     assert b.to_dict()["grey_levels"] == 8
     assert Budget.parse("none").to_dict()["eps"] is None
     assert math.isinf(Budget.parse("none").eps)
+
+
+@pytest.mark.parametrize("spec", ["8/255", "0.03", "none"])
+def test_grey_level_deltas_quantise_to_the_same_bytes_as_float(spec):
+    # Methods may hand over δ rounded to whole grey levels (1 byte a pixel); the shared
+    # application step must then publish exactly what the float δ gives.
+    from unlearnable.methods import create_method
+    from unlearnable.data.imageset import ImageSet
+    from unlearnable.methods.base import float_delta, grey_levels
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 9, 7, 3), dtype=np.uint8)
+    scale = 0.6 if spec == "none" else 12 / 255  # beyond the budget too: projection and clipping
+    d = (rng.uniform(-1, 1, x.shape) * scale).astype(np.float32)
+    d[0, 0, 0] = [0.5 / 255, -2.5 / 255, 8 / 255]  # ties and the budget's edge
+    method = create_method("random")
+    budget = Budget.parse(spec)
+    data = ImageSet(x, None, [], [f"{i}.png" for i in range(len(x))])
+    as_float = method.apply(data, d, budget)
+    q = grey_levels(d)
+    assert q.dtype == (np.int16 if spec == "none" else np.int8)
+    assert np.array_equal(method.apply(data, q, budget), as_float)
+    assert np.array_equal(float_delta(q) * 255, np.rint(d * 255))
+    mixed = ImageSet(list(x), None, [], data.ids)  # the per-image path of mixed-size sets
+    assert all(np.array_equal(a, b) for a, b in zip(method.apply(mixed, list(q), budget), as_float))

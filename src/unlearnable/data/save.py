@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,13 +26,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place
+    atomically: ``path`` is either its old self or complete, never half-written."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -40,6 +41,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
@@ -169,7 +175,5 @@ def export_npz(data: ImageSet, path: Path, overwrite: bool = False) -> Path:
     arrays = {"x": x, "ids": np.array(data.ids, dtype=str), "classes": np.array(data.classes, dtype=str)}
     if data.labels is not None:
         arrays["y"] = data.labels.astype(np.int64)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # streamed: no second copy in memory
     return path

@@ -56,7 +56,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native
+from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native, grey_levels
 from .base import working_size as _working_size
 from .resolution import RESIZE_MODES, PaddedResize, size_batches
 
@@ -231,7 +231,8 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
         progress: ``progress(done, total)`` after each batch.
 
     Returns:
-        A list of ``N`` float32 HWC arrays: δ at native size; the published image is ``clip(x − δ)``.
+        A list of ``N`` HWC arrays: δ at native size in whole grey levels (int8,
+        :func:`~unlearnable.methods.base.grey_levels`); the published image is ``clip(x − δ)``.
     """
     torch = _torch()
     n, k = len(images), m.shape[0]
@@ -261,7 +262,7 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             grad = b.up((c @ m).view(B, 3, h, w))  # Rᵀ ∂L/∂R(δ), up to the positive 1/B
             delta.sub_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
         for j, i in enumerate(idx):
-            out[i] = b.crop(delta, j)
+            out[i] = grey_levels(b.crop(delta, j))  # 1 byte a pixel: large photos' δ add up
         done += B
         if progress is not None:
             progress(done, n)
