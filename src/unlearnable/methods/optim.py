@@ -438,9 +438,10 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
         generators: the random generators ``start`` and ``grad_fn`` draw from.
 
     Returns:
-        One float32 HWC δ per image, input order, native sizes (stacked for uniform sets),
-        on the grey-level grid: ``round(255 δ) / 255``, which :meth:`Budget.quantize` maps to
-        the same bytes as the unrounded δ.
+        One HWC δ per image, input order, native sizes (stacked for uniform sets), in whole
+        grey levels (int8, or int16 above 127: :func:`~unlearnable.methods.base.grey_levels`),
+        which :meth:`Budget.quantize` maps to the same bytes as the unrounded δ, at a quarter
+        of float32's memory.
     """
     images = [prob.data.image(int(i)) for i in prob.order]
     hw = tuple(prob.shape[1:])
@@ -487,7 +488,7 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
     # The levels are in batch order; each image's δ goes back to its input position.
     out: list = [None] * prob.n
     for i, lv in zip((i for batch in batches for i in batch), s["levels"]):
-        out[int(prob.order[i])] = lv.numpy().astype(np.float32) / 255.0
+        out[int(prob.order[i])] = lv.numpy()
     return as_deltas(prob.data, out)
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.imageset import ImageSet
-from .base import Deltas, as_deltas
+from .base import Deltas, as_deltas, grey_levels
 
 __all__ = ["resize_matrix", "size_batches", "PaddedResize", "patterns_through_resize", "RESIZE_MODES",
            "NATIVE_PIXELS"]
@@ -156,7 +156,8 @@ def patterns_through_resize(data: ImageSet, patterns: np.ndarray, eps: float, *,
         batch_size, device: batching (by similar sizes) and where to compute.
 
     Returns:
-        One δ per image, input order (:func:`~unlearnable.methods.base.as_deltas`).
+        One δ per image, input order (:func:`~unlearnable.methods.base.as_deltas`), in whole grey
+        levels (:func:`~unlearnable.methods.base.grey_levels`).
     """
     labels = data.require_labels("a class-wise perturbation")
     images = [data.image(i) for i in range(len(data))]
@@ -169,5 +170,5 @@ def patterns_through_resize(data: ImageSet, patterns: np.ndarray, eps: float, *,
         lo, hi = b.bounds(eps)
         d = torch.minimum(torch.maximum(b.up(p[torch.as_tensor(labels[idx], device=device)]).sign_().mul_(eps), lo), hi)
         for j, i in enumerate(idx):
-            out[i] = b.crop(d, j)
+            out[i] = grey_levels(b.crop(d, j))  # ±ε clipped to the image: on the grey-level grid
     return as_deltas(data, out)  # type: ignore[arg-type]
