@@ -155,10 +155,7 @@ def check_npz_destination(path: Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise UnlearnableError(f"{path}: NPZ export needs a file name ending in .npz")
-    if not path.parent.is_dir():
-        raise UnlearnableError(f"{path.parent}: folder does not exist")
-    if path.is_dir():
-        raise UnlearnableError(f"{path} is a folder, not a file name")
+    path = check_writable(path)
     if path.exists() and not overwrite:
         raise UnlearnableError(f"{path} already exists; pass --overwrite to replace it")
     return path
