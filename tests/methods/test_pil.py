@@ -232,3 +232,38 @@ def test_through_resize_delta_survives_the_trainers_resize():
 
     assert shortcut_rate("through") >= 0.95
     assert shortcut_rate("bilinear") <= 0.5
+
+
+def test_native_pass_resumes_from_its_finished_batches(tmp_path, monkeypatch):
+    # A folder of large photos takes PIL seconds per image on a CPU: an interrupted run keeps
+    # its finished batches (and its surrogate) and resumes to the same bytes.
+    import unlearnable.methods.pil as pil_module
+
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 256, (int(a), int(b), 3), dtype=np.uint8) for a, b in rng.integers(20, 60, (12, 2))]
+    data = ImageSet(imgs, np.arange(12) % 3, list("abc"), [f"{i:02d}.png" for i in range(12)])
+    kw = dict(working_size=12, surrogate_epochs=2, attack_batch=3)
+    ref = create_method("pil", **kw).protect(data, seed=0)
+    ticks = []
+
+    def interrupt_after_two_batches(done, total):
+        ticks.append(done)
+        if len(ticks) == 3:  # the start, then two finished batches
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        create_method("pil", **kw).protect(data, seed=0, workdir=str(tmp_path), progress=interrupt_after_two_batches)
+
+    def no_refit(*a, **k):
+        raise AssertionError("the resumed run fitted a new surrogate")
+
+    monkeypatch.setattr(pil_module, "fit_surrogate", no_refit)
+    m = create_method("pil", **kw)
+    res = m.protect(data, seed=0, workdir=str(tmp_path))
+    assert m.last_run["resumed_batches"] == 2
+    assert all(np.array_equal(res.protected.image(i), ref.protected.image(i)) for i in range(len(data)))
+    # Other settings do not take the stored batches.
+    other = create_method("pil", **{**kw, "steps": 5})
+    monkeypatch.undo()
+    other.protect(data, seed=0, workdir=str(tmp_path))
+    assert other.last_run["resumed_batches"] == 0

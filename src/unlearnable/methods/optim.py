@@ -44,7 +44,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -585,6 +585,52 @@ class Checkpoint:
             return
         if force or time.monotonic() - self.last >= self.every_s:
             self.save(build())
+
+
+class BatchStore:
+    """Write-once files for the finished batches of a long per-image pass (no-op without a folder).
+
+    :class:`Checkpoint` rewrites a whole loop state every few minutes, which suits optimisation
+    loops whose state is the perturbation of the whole set. A pass that finishes images batch by
+    batch (PIL on a folder of large photos) instead saves each batch once, atomically, in its
+    own ``.npz`` (no pickles): the I/O stays proportional to the set, and an interrupted run
+    resumes at the first batch without a file. Files whose signature differs from the run's
+    are ignored (and replaced).
+    """
+
+    def __init__(self, folder: Optional[str], signature: str):
+        self.folder, self.signature = folder, signature
+        self.resumed = 0  # batches taken from earlier files
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+
+    def _path(self, key: str) -> Optional[str]:
+        return None if not self.folder else os.path.join(self.folder, f"{key}.npz")
+
+    def load(self, key: str) -> Optional[List[np.ndarray]]:
+        """The arrays saved under ``key`` by this same run, or None."""
+        path = self._path(key)
+        if path is None or not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["signature"]) != self.signature:
+                    return None
+                arrays = [z[f"a{i}"] for i in range(int(z["count"]))]
+        except Exception:  # a foreign or damaged file: do the batch again
+            return None
+        self.resumed += 1
+        return arrays
+
+    def save(self, key: str, arrays: Sequence[np.ndarray]) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        from ..data.save import atomic_write
+
+        named = {f"a{i}": np.asarray(a) for i, a in enumerate(arrays)}
+        atomic_write(path, lambda f: np.savez(f, signature=np.array(self.signature), count=np.array(len(named)),
+                                              **named))
 
 
 def gen_state(g: torch.Generator) -> Tensor:

@@ -208,7 +208,7 @@ def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_s
 
 def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: int = 30,
                       step_size: Optional[float] = None, batch_size: int = 1024, seed: int = 0,
-                      device: str = "cpu", progress: Progress = None):
+                      device: str = "cpu", progress: Progress = None, store=None):
     """PIL's attack with δ at each image's native size, seen by the surrogate through the resize.
 
     The surrogate ``m`` works at ``hw``; it sees ``R(x − δ) = R(x) − R(δ)`` with ``R`` the
@@ -229,6 +229,10 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
         batch_size: at most this many images per batch (and at most ``NATIVE_PIXELS`` padded pixels).
         seed: seeds the uniform starts, one generator per image index.
         progress: ``progress(done, total)`` after each batch.
+        store: a :class:`~unlearnable.methods.optim.BatchStore`: each finished batch is saved
+            once, and batches it already holds are taken from it (resume). Every image's result
+            depends only on its own pixels, label and start, so a resumed pass gives the same
+            bytes as an uninterrupted one.
 
     Returns:
         A list of ``N`` HWC arrays: δ at native size in whole grey levels (int8,
@@ -244,8 +248,16 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     done = 0
     if progress is not None:
         progress(0, n)
-    for idx in size_batches([im.shape[:2] for im in images], batch_size):
+    for k, idx in enumerate(size_batches([im.shape[:2] for im in images], batch_size)):
         B = len(idx)
+        saved = store.load(f"batch{k:06d}") if store is not None else None
+        if saved is not None and len(saved) == B:
+            for j, i in enumerate(idx):
+                out[i] = saved[j]
+            done += B
+            if progress is not None:
+                progress(done, n)
+            continue
         b = PaddedResize([images[i] for i in idx], (h, w), device, cache)
         lo, hi = b.bounds(eps, sign=-1)  # x − δ ∈ [0, 1] and |δ| ≤ ε
         delta = torch.zeros_like(b.x)
@@ -263,6 +275,8 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             delta.sub_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
         for j, i in enumerate(idx):
             out[i] = grey_levels(b.crop(delta, j))  # 1 byte a pixel: large photos' δ add up
+        if store is not None:
+            store.save(f"batch{k:06d}", [out[i] for i in idx])
         done += B
         if progress is not None:
             progress(done, n)
@@ -354,7 +368,15 @@ class PIL(Method):
         x = torch.from_numpy(np.ascontiguousarray(x_np[order]).reshape(n, -1)).to(device)  # uint8, once
         y = torch.from_numpy(labels[order]).to(device)
         k = max(data.num_classes, int(labels.max()) + 1 if n else 1)
-        w1, w2 = fit_surrogate(x, y, k, seed=seed, device=device, **self.surrogate_recipe())
+        native = self.resize == "through" and not at_own_size(data, (h, w))
+        store = self._store(workdir, budget, seed, x, y, data) if native else None
+        saved = store.load("surrogate") if store is not None else None
+        if saved is not None:  # a resumed run attacks with the very surrogate it started with
+            w1, w2 = (torch.from_numpy(a).to(device) for a in saved)
+        else:
+            w1, w2 = fit_surrogate(x, y, k, seed=seed, device=device, **self.surrogate_recipe())
+            if store is not None:
+                store.save("surrogate", [w1.cpu().numpy(), w2.cpu().numpy()])
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -363,13 +385,14 @@ class PIL(Method):
         # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
         inv = np.empty_like(order)
         inv[order] = np.arange(n)
-        if self.resize == "through" and not at_own_size(data, (h, w)):
+        if native:
             # Canonical order in, canonical order out: the starts are seeded by that position.
-            native = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
-                                       lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,
-                                       device=device, progress=progress)
+            done = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
+                                     lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,
+                                     batch_size=self.attack_batch or 1024, device=device, progress=progress,
+                                     store=store)
             t2 = time.perf_counter()
-            out = as_deltas(data, [np.negative(native[j]) for j in inv])
+            out = as_deltas(data, [np.negative(done[j]) for j in inv])
         else:
             with torch.no_grad():
                 delta = pil_attack(x, y, m, budget.eps, lam=self.lam, steps=self.steps, step_size=self.step_size,
@@ -380,5 +403,24 @@ class PIL(Method):
         self.last_run = {"fit_seconds": t1 - t0, "attack_seconds": t2 - t1, "working_size": (h, w),
                          "surrogate_epochs": self.surrogate_recipe()["epochs"],
                          "surrogate_train_acc": surrogate_accuracy(w1, w2, x, y),
-                         "surrogate": (w1.cpu(), w2.cpu())}
+                         "surrogate": (w1.cpu(), w2.cpu()),
+                         "resumed_batches": store.resumed - (saved is not None) if store is not None else 0}
         return out
+
+    def _store(self, workdir: Optional[str], budget: Budget, seed: int, x, y, data: ImageSet):
+        """Where the native-size pass of a large-photo folder keeps its finished batches."""
+        import hashlib
+        import json
+        import os
+
+        from .optim import BatchStore
+
+        if not workdir:
+            return None
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps({"hp": self.hyperparameters(), "budget": [budget.norm, budget.eps], "seed": int(seed)},
+                            sort_keys=True, default=str).encode())
+        h.update(x.cpu().numpy().tobytes())
+        h.update(y.cpu().numpy().astype(np.int64).tobytes())
+        h.update(str([data.shape_of(i) for i in range(len(data))]).encode())
+        return BatchStore(os.path.join(workdir, "pil-native"), h.hexdigest())
