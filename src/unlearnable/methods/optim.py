@@ -431,10 +431,11 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
         restarts: independent starts per batch; the one with the lowest final loss is kept.
         post: ``post(d, lo, hi)`` applied to the final δ (REM's rounding to grey levels).
         tick: advanced after each batch (progress).
-        checkpoint: saves the finished batches (their δ in grey levels, as the shared
-            quantisation will round them anyway) and ``generators``' states at a batch
-            boundary, so an interrupted pass over a large photo folder resumes where it
-            stopped and gives the same bytes as an uninterrupted one.
+        checkpoint: where and under which signature to keep the finished batches: each is
+            saved once (:class:`BatchStore`, in ``<workdir>/<name>/``) with its δ in grey levels
+            (the shared quantisation rounds them anyway) and ``generators``' states after it,
+            so an interrupted pass over a large photo folder resumes where it stopped and
+            gives the same bytes as an uninterrupted one.
         generators: the random generators ``start`` and ``grad_fn`` draw from.
 
     Returns:
@@ -448,20 +449,28 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
     cache: Dict[Tuple[int, int], Tensor] = {}
     batches = size_batches([im.shape[:2] for im in images], max(1, int(batch_size)))
     gens = dict(generators or {})
+    names = sorted(gens)
     # Finished images in batch order, as grey levels: as small as the images themselves.
-    level_dtype = torch.int8 if budget.levels <= 127 else torch.int16
-    s: Dict[str, Any] = {"batches": 0, "levels": []}
-    if checkpoint is not None:
-        s = checkpoint.restore(generators=gens) or s
-        s["levels"] = list(s["levels"])
-
-    def build():
-        return to_cpu({"loop": {"batches": s["batches"], "levels": s["levels"]},
-                       **{k: g.get_state() for k, g in gens.items()}})
-
+    level_dtype = np.int8 if budget.levels <= 127 else np.int16
+    levels: List[np.ndarray] = []
+    # Each finished batch is saved once with the generators' states after it (write-once files:
+    # the I/O stays proportional to the set); a resumed run takes the finished prefix.
+    store = (BatchStore(os.path.join(checkpoint.workdir, checkpoint.name), checkpoint.signature)
+             if checkpoint is not None and checkpoint.workdir else None)
+    first = 0
+    while store is not None and first < len(batches):
+        got = store.load(f"batch{first:06d}")
+        if got is None or len(got) != len(batches[first]) + len(names):
+            break
+        levels.extend(got[:len(batches[first])])
+        for key, state in zip(names, got[len(batches[first]):]):
+            gens[key].set_state(torch.from_numpy(state))
+        first += 1
+    if first:
+        checkpoint.resumed = True
     if tick is not None:
-        tick.done += s["batches"]  # done before an interruption
-    for k, batch in enumerate(batches[s["batches"]:], start=s["batches"]):
+        tick.done += first  # done before an interruption
+    for k, batch in enumerate(batches[first:], start=first):
         idx = torch.as_tensor(batch, device=prob.device)
         b = PaddedResize([images[i] for i in batch], hw, prob.device, cache)
         lo, hi = b.bounds(budget.eps)
@@ -478,17 +487,16 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
                 best, best_loss = d, loss
         if post is not None:
             best = post(best, lo, hi)
-        for j in range(len(batch)):
-            s["levels"].append(torch.from_numpy(np.rint(b.crop(best, j) * 255.0).astype(np.int16)).to(level_dtype))
-        s["batches"] = k + 1
-        if checkpoint is not None:
-            checkpoint.maybe_save(build)
+        done = [np.rint(b.crop(best, j) * 255.0).astype(level_dtype) for j in range(len(batch))]
+        levels.extend(done)
+        if store is not None:
+            store.save(f"batch{k:06d}", done + [gens[key].get_state().cpu().numpy() for key in names])
         if tick is not None:
             tick()
     # The levels are in batch order; each image's δ goes back to its input position.
     out: list = [None] * prob.n
-    for i, lv in zip((i for batch in batches for i in batch), s["levels"]):
-        out[int(prob.order[i])] = lv.numpy()
+    for i, lv in zip((i for batch in batches for i in batch), levels):
+        out[int(prob.order[i])] = lv
     return as_deltas(prob.data, out)
 
 
