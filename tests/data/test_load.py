@@ -319,6 +319,8 @@ def test_hidden_files_and_folders_skipped(tmp_path):
     save_rgb(tmp_path / "cat" / ".cache" / "thumb.png")
     save_rgb(tmp_path / ".ipynb_checkpoints" / "x.png")
     (tmp_path / ".gitignore").write_text("*\n")
+    (tmp_path / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")  # what Windows leaves in photo folders
+    (tmp_path / "dog" / "desktop.ini").write_text("[.ShellClassInfo]\n")
     s = load_images(tmp_path)
     assert s.classes == ["cat", "dog"]
     assert s.ids == ["cat/000.png", "dog/000.png"]

@@ -293,8 +293,13 @@ def _collect(arrays: List[Optional[np.ndarray]]):
 # ---------------------------------------------------------------------------------------
 # folder scanning
 # ---------------------------------------------------------------------------------------
+#: Files the operating system drops into photo folders (Windows thumbnail caches, folder
+#: settings): skipped like hidden files, where any other non-image file is an error.
+_OS_METADATA = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+
+
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
+    return name.startswith(".") or name.lower() in _OS_METADATA
 
 
 def _scandir(path: str) -> List[os.DirEntry]:
