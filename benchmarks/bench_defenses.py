@@ -35,7 +35,7 @@ from common import DEFAULT_DATA, add_record_args, load_splits, record, seeded_su
 
 #: The audit suite's defenses (issue list), in their registered spelling.
 DEFENSES = ("none,standard,cutout,mixup,cutmix,gray,jpeg10,bdr2,median,gaussian,ueraser-lite,ueraser,ueraser-max,"
-            "coin,at8,at-l2,op,clean-mix,early-stop,standard+early-stop:source=clean")
+            "coin,at8,at-l2,op,op+strong-aug+cutmix:p=0.5,clean-mix,early-stop,standard+early-stop:source=clean")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

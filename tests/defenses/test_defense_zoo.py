@@ -18,7 +18,7 @@ from unlearnable.defenses.ueraser import UEraser, max_loss_copies
 from unlearnable.errors import UnlearnableError
 
 DATASET = ["gray", "jpeg", "bdr", "median", "gaussian"]  # transform_dataset hooks
-BATCH = ["cutout", "mixup", "cutmix", "coin", "ueraser-lite", "ueraser", "ueraser-max"]  # augment/adversary
+BATCH = ["cutout", "mixup", "cutmix", "coin", "ueraser-lite", "ueraser", "ueraser-max", "strong-aug"]  # augment/adversary
 K = 10
 
 
@@ -226,6 +226,33 @@ def test_cutmix_label_weight_is_the_pasted_area():
     assert len(seen) > 1
 
 
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_mixing_probability_mixes_that_share_of_batches(name):
+    x, y = fb(), torch.arange(8) % K
+    plain = prepared(name).augment(x.clone(), y.clone(), gen(3))
+    always = prepared(f"{name}:p=1").augment(x.clone(), y.clone(), gen(3))
+    assert torch.equal(plain[0], always[0])  # p = 1 draws nothing extra: the plain defense's stream
+    never = prepared(f"{name}:p=0")
+    assert all(never.augment(x, y, gen(s))[0] is x for s in range(5))
+    half, g = prepared(f"{name}:p=0.5"), gen(4)
+    mixed = sum(half.augment(x.clone(), y.clone(), g)[1].ndim == 2 for _ in range(200))
+    assert 70 < mixed < 130  # one draw per batch, as the OP paper's cutmix_prob
+
+
+def test_strong_aug_rotates_and_jitters_then_crops():
+    # A single bright pixel moves under the geometric part (rotation, shear, scale, shift) and a
+    # flat grey image changes level under the jitter alone.
+    d = prepared("strong-aug:pad=0,flip=0,jitter=0")
+    dot = torch.zeros(16, 3, 32, 32)
+    dot[:, :, 16, 20] = 1.0
+    out, _ = d.augment(dot, torch.zeros(16, dtype=torch.long), gen(0))
+    moved = (out.sum(1).flatten(1).argmax(1) != 16 * 32 + 20).float().mean()
+    assert moved > 0.5
+    flat = torch.full((16, 3, 8, 8), 0.5)
+    j, _ = prepared("strong-aug:degrees=0,shear=0,scale=0,pad=0,flip=0").augment(flat, torch.zeros(16), gen(0))
+    assert j.std() > 0.01 and j.min() >= 0 and j.max() <= 1
+
+
 # -- COIN -------------------------------------------------------------------------------------
 def test_coin_matches_periodic_bilinear_reference():
     x = fb(2, 5, 6, seed=1)
@@ -342,7 +369,8 @@ def test_composition_is_left_to_right():
     ["jpeg:quality=0", "jpeg:quality=101", "jpeg0", "bdr:bits=0", "bdr:bits=9", "bdr9", "median:size=2",
      "gaussian:sigma=0", "gaussian:kernel_size=4", "cutout:length=0", "mixup:alpha=0", "cutmix:alpha=-1",
      "coin:alpha=-1", "ueraser:repeats=0", "ueraser:max_fraction=2", "ueraser-lite:plasma_p=1.5",
-     "ueraser-lite:jpeg=101", "jpeg:quality=ten"],
+     "ueraser-lite:jpeg=101", "jpeg:quality=ten", "cutmix:p=1.5", "mixup:p=true", "strong-aug:degrees=-1",
+     "strong-aug:scale=1", "strong-aug:pad=-2", "strong-aug:flip=2"],
 )
 def test_bad_parameter_is_one_line_error(spec):
     with pytest.raises(UnlearnableError) as e:
@@ -370,7 +398,7 @@ def test_plugs_into_train_victim(spec):
     assert r1.curve[0]["train_loss"] == r2.curve[0]["train_loss"]  # same seed, same training on CPU
 
 
-@pytest.mark.parametrize("spec", ["ueraser-lite", "gaussian"])
+@pytest.mark.parametrize("spec", ["ueraser-lite", "gaussian", "strong-aug"])
 def test_missing_kornia_is_a_one_line_error(spec, monkeypatch):
     import sys
 

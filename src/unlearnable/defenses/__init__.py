@@ -13,6 +13,7 @@ from . import coin as _coin  # noqa: F401  (registers "coin")
 from . import ueraser as _ueraser  # noqa: F401  (registers "ueraser-lite", "ueraser", "ueraser-max"; kornia imported lazily)
 from . import adversarial as _adversarial  # noqa: F401  (registers "at", "at-l2" and short forms at8, at4, ...)
 from . import projection as _projection  # noqa: F401  (registers "op")
+from . import strong as _strong  # noqa: F401  (registers "strong-aug"; kornia imported lazily)
 from . import data_mix as _data_mix  # noqa: F401  (registers "clean-mix", "early-stop")
 from .adversarial import AdversarialTraining, AdversarialTrainingL2
 from .data_mix import CleanMix, EarlyStop
@@ -20,6 +21,7 @@ from .projection import OrthogonalProjection
 from .coin import COIN
 from .mixing import Cutout, CutMix, MixUp
 from .squeeze import JPEG, BitDepthReduction, GaussianBlur, Grayscale, MedianFilter
+from .strong import StrongAugment
 from .ueraser import UEraser, UEraserLite, UEraserMax
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "CleanMix",
     "EarlyStop",
     "OrthogonalProjection",
+    "StrongAugment",
     "BitDepthReduction",
     "COIN",
     "Compose",

@@ -231,6 +231,30 @@ class Compose(Defense):
 
 
 # -- registry ------------------------------------------------------------------------------
+def draw_seeds(n: int, generator: Optional[torch.Generator], device: torch.device) -> List[int]:
+    """``n`` seeds from the engine's generator (one host sync), for code that draws from
+    torch's global RNG (kornia)."""
+    dev = generator.device if generator is not None else device
+    return torch.randint(2**62, (n,), device=dev, generator=generator).tolist()
+
+
+def seeded_global_rng(device: torch.device, seed: int):
+    """A context in which torch's global RNG (and the CUDA one of ``device``) is seeded with
+    ``seed``; the caller's global streams are restored afterwards. kornia draws from them, so
+    a defense built on kornia is as reproducible as the engine's own generator."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx():
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return ctx()
+
+
 def register_defense(name: Optional[str] = None):
     """Class decorator registering a :class:`Defense` subclass under ``name``."""
     inner = DEFENSES.register(name)

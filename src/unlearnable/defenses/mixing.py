@@ -105,13 +105,24 @@ class Cutout(Defense):
 
 
 class _Mixing(Defense):
-    """Shared state for MixUp/CutMix: alpha and the number of classes."""
+    """Shared state for MixUp/CutMix: alpha, the per-batch probability, the number of classes."""
 
     who = "mixing"
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, p: float = 1.0):
         self.alpha = _check_alpha(alpha, self.who)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise UnlearnableError(f"{self.who}: p is a probability in [0, 1], got {p!r}")
+        self.p = float(p)
         self._num_classes: Optional[int] = None
+
+    def skip(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> bool:
+        """Whether this batch stays unmixed (probability ``1 − p``, one draw per batch as in
+        the reference scripts). With ``p = 1`` nothing is drawn, so the random stream is the
+        one of the plain defense."""
+        if self.p >= 1.0:
+            return False
+        return bool(torch.rand((), device=x.device, generator=generator).item() >= self.p)
 
     def prepare(self, context):
         k = context.get("num_classes")
@@ -129,13 +140,14 @@ class MixUp(_Mixing):
 
     Args:
         alpha: Beta parameter (paper: 1.0 for CIFAR-10).
+        p: probability that a batch is mixed (1: every batch).
     """
 
     who = "mixup"
 
     def augment(self, x, y, generator=None):
         b = x.shape[0]
-        if b < 2:
+        if b < 2 or self.skip(x, generator):
             return x, y
         ys = _soft(y, self._num_classes, self.who)
         lam = sample_beta(self.alpha, x.device, generator).to(x.dtype)
@@ -158,13 +170,15 @@ class CutMix(_Mixing):
 
     Args:
         alpha: Beta parameter (paper: 1.0).
+        p: probability that a batch is mixed (1: every batch, as in the CutMix paper's
+            CIFAR runs; the OP paper's victims use 0.5).
     """
 
     who = "cutmix"
 
     def augment(self, x, y, generator=None):
         b, _, h, w = x.shape
-        if b < 2:
+        if b < 2 or self.skip(x, generator):
             return x, y
         dev = x.device
         ys = _soft(y, self._num_classes, self.who)

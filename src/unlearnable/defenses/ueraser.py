@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnlearnableError
-from .base import Defense, register_defense
+from .base import Defense, draw_seeds, register_defense, seeded_global_rng
 
 __all__ = ["UEraserLite", "UEraser", "UEraserMax", "max_loss_copies"]
 
@@ -76,11 +76,6 @@ def _build_pipeline(plasma_p: float, shuffle_p: float):
         K.RandomChannelShuffle(p=shuffle_p),
         TrivialAugment(),
     )
-
-
-def _draw_seeds(n: int, generator: Optional[torch.Generator], device: torch.device) -> List[int]:
-    dev = generator.device if generator is not None else device
-    return torch.randint(2**62, (n,), device=dev, generator=generator).tolist()  # one host sync
 
 
 def max_loss_copies(model: torch.nn.Module, copies: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,10 +128,7 @@ class UEraserLite(Defense):
     def _augment_with_seed(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         if self._pipe is None:
             self._pipe = _build_pipeline(self.plasma_p, self.shuffle_p)
-        dev = x.device
-        devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded_global_rng(x.device, seed):
             out = self._pipe(x.float()).clamp_(0, 1)
         if self.jpeg:
             from .squeeze import jpeg_roundtrip
@@ -148,7 +140,7 @@ class UEraserLite(Defense):
     def augment(self, x, y, generator=None):
         if x.shape[0] == 0:
             return x, y
-        (seed,) = _draw_seeds(1, generator, x.device)
+        (seed,) = draw_seeds(1, generator, x.device)
         return self._augment_with_seed(x, seed), y
 
 
@@ -222,7 +214,7 @@ class UEraser(UEraserLite):
             return super().augment(x, y, generator)
         # Max phase: the copies are made in the adversary (it sees the batch after any later
         # augment of a composition); draw their seeds here, from the engine's generator.
-        self._seeds = _draw_seeds(self.repeats, generator, x.device)
+        self._seeds = draw_seeds(self.repeats, generator, x.device)
         return x, y
 
     def adversary(self, model, x, y):
@@ -230,7 +222,7 @@ class UEraser(UEraserLite):
             return x
         seeds, self._seeds = self._seeds, None
         if seeds is None or len(seeds) != self.repeats:
-            seeds = _draw_seeds(self.repeats, self._fallback, torch.device("cpu"))
+            seeds = draw_seeds(self.repeats, self._fallback, torch.device("cpu"))
         copies = torch.stack([self._augment_with_seed(x, s) for s in seeds])
         return max_loss_copies(model, copies, y)
 
