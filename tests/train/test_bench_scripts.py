@@ -144,3 +144,12 @@ def test_photos_bench_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| protect |" in out and "| verify --clean |" in out and "2 synthetic JPEGs of 40x30 px" in out
     assert "## Large photos" in results.read_text()
+
+
+def test_projection_bench_smoke(tiny_npz, tmp_path, capsys):
+    bench = _load("bench_projection")
+    results = tmp_path / "R.md"
+    assert bench.main(["--data", str(tiny_npz), "--record", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "fraction of each class pattern's norm left" in out and "| clean, not projected |" in out
+    assert "## Orthogonal projection: what it leaves" in results.read_text()
