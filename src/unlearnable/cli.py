@@ -62,7 +62,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
           f"mean |Δ| {n['mean_abs_grey_levels']['mean']:.2f} levels; total {time.perf_counter() - t0:.1f}s")
     if not args.quiet:  # the budget says how small the change is, not how well it protects
         _print(f"how much a trainer can still learn from it: unlearnable audit {shlex.quote(str(args.out))} "
-               f"--clean {shlex.quote(str(args.input))} --defenses none,standard,jpeg10,standard+early-stop:source=clean")
+               f"--clean {shlex.quote(str(args.input))} --defenses none,standard,jpeg10,op+strong-aug+cutmix:p=0.5,standard+early-stop:source=clean")
     return 0
 
 
