@@ -172,12 +172,20 @@ def _read_bytes(path: str) -> bytes:
         raise UnlearnableError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def read_numpy(path: str, what: str = ".npz", data: Optional[bytes] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
-    """An ``.npy`` array or an ``.npz`` archive's arrays, without unpickling, or a one-line error.
+def _numpy_error(path: str, what: str, e: Exception) -> UnlearnableError:
+    """NumPy reads any file that is neither ``.npy`` nor zip as a pickle and, refusing it, tells
+    the user to "load it unsafely"; the error says what the file is not instead."""
+    if isinstance(e, ValueError) and "Object arrays" in str(e):
+        reason = "it holds arrays of pickled objects, which are never loaded (unpickling can run code)"
+    elif isinstance(e, ValueError) and "pickled" in str(e):
+        reason = "not a NumPy file (neither .npy nor a zip archive)"
+    else:
+        reason = f"{type(e).__name__}: {e}"
+    return UnlearnableError(f"cannot read {path} as {what}: {reason}")
 
-    NumPy reads any file that is neither ``.npy`` nor zip as a pickle and, refusing it, tells
-    the user to "load it unsafely"; that advice is replaced by what the file is not.
-    """
+
+def read_numpy(path: str, what: str = ".npz", data: Optional[bytes] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
+    """An ``.npy`` array or an ``.npz`` archive's arrays, without unpickling, or a one-line error."""
     try:
         obj = np.load(io.BytesIO(_read_bytes(path) if data is None else data), allow_pickle=False)
         if not isinstance(obj, np.lib.npyio.NpzFile):
@@ -187,13 +195,20 @@ def read_numpy(path: str, what: str = ".npz", data: Optional[bytes] = None) -> U
     except UnlearnableError:
         raise
     except Exception as e:
-        if isinstance(e, ValueError) and "Object arrays" in str(e):
-            reason = "it holds arrays of pickled objects, which are never loaded (unpickling can run code)"
-        elif isinstance(e, ValueError) and "pickled" in str(e):
-            reason = "not a NumPy file (neither .npy nor a zip archive)"
-        else:
-            reason = f"{type(e).__name__}: {e}"
-        raise UnlearnableError(f"cannot read {path} as {what}: {reason}") from None
+        raise _numpy_error(path, what, e) from None
+
+
+def npz_keys(path: str) -> List[str]:
+    """The array names of an ``.npz`` archive, read from its zip directory only (the arrays
+    are read once, later, by whoever loads them)."""
+    try:
+        obj = np.load(path, allow_pickle=False, mmap_mode="r")
+    except Exception as e:
+        raise _numpy_error(path, ".npz", e) from None
+    if not isinstance(obj, np.lib.npyio.NpzFile):
+        raise UnlearnableError(f"{path}: expected an .npz archive, got a single .npy array")
+    with obj:
+        return list(obj.files)
 
 
 def read_npz(path: str, data: Optional[bytes] = None) -> Dict[str, np.ndarray]:
@@ -721,7 +736,7 @@ def find_splits(path: PathLike) -> List[str]:
     p = _check_path(path)
     kind, where = _resolve(p)
     if kind == "npz":
-        return _npz_splits(list(read_npz(where)))
+        return _npz_splits(npz_keys(where))
     if kind in ("cifar10", "cifar100"):
         return sorted(_cifar_splits(kind, where))
     if kind == "splits":

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
@@ -238,21 +239,16 @@ def draw_seeds(n: int, generator: Optional[torch.Generator], device: torch.devic
     return torch.randint(2**62, (n,), device=dev, generator=generator).tolist()
 
 
-def seeded_global_rng(device: torch.device, seed: int):
+@contextmanager
+def seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
     """A context in which torch's global RNG (and the CUDA one of ``device``) is seeded with
     ``seed``; the caller's global streams are restored afterwards. kornia draws from them, so
     a defense built on kornia is as reproducible as the engine's own generator."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def ctx():
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return ctx()
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def register_defense(name: Optional[str] = None):

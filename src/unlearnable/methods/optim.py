@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
-from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native, per_class_patterns_to_images
+from .base import (Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native, grey_levels,
+                   per_class_patterns_to_images)
 from .base import working_size as _working_size
 from .resolution import RESIZE_MODES, PaddedResize, patterns_through_resize, size_batches
 
@@ -451,12 +452,10 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
     gens = dict(generators or {})
     names = sorted(gens)
     # Finished images in batch order, as grey levels: as small as the images themselves.
-    level_dtype = np.int8 if budget.levels <= 127 else np.int16
     levels: List[np.ndarray] = []
     # Each finished batch is saved once with the generators' states after it (write-once files:
     # the I/O stays proportional to the set); a resumed run takes the finished prefix.
-    store = (BatchStore(os.path.join(checkpoint.workdir, checkpoint.name), checkpoint.signature)
-             if checkpoint is not None and checkpoint.workdir else None)
+    store = checkpoint.batch_store() if checkpoint is not None else None
     first = 0
     while store is not None and first < len(batches):
         got = store.load(f"batch{first:06d}")
@@ -487,7 +486,7 @@ def through_resize(prob: Problem, grad_fn: GradFn, *, steps: int, alpha: float, 
                 best, best_loss = d, loss
         if post is not None:
             best = post(best, lo, hi)
-        done = [np.rint(b.crop(best, j) * 255.0).astype(level_dtype) for j in range(len(batch))]
+        done = [grey_levels(b.crop(best, j)) for j in range(len(batch))]
         levels.extend(done)
         if store is not None:
             store.save(f"batch{k:06d}", done + [gens[key].get_state().cpu().numpy() for key in names])
@@ -519,12 +518,13 @@ def native_batches(prob: Problem, batch_size: int) -> int:
 
 
 # -- checkpoint / resume ---------------------------------------------------------------------
-def run_signature(method: "Method", budget: Budget, seed: int, problem: Problem,
+def run_signature(method: "Method", budget: Budget, seed: int, data_fingerprint: str,
                   ignore: Sequence[str] = ("checkpoint_every_s",)) -> str:
-    """What a checkpoint must match to be resumed: method, hyperparameters, budget, seed, data."""
+    """What a checkpoint must match to be resumed: method, hyperparameters, budget, seed, data
+    (``data_fingerprint``, e.g. :meth:`Problem.fingerprint`)."""
     hp = {k: v for k, v in dataclasses.asdict(method).items() if k not in ignore}
     blob = json.dumps({"method": method.registry_name, "hp": hp, "budget": [budget.norm, budget.eps],
-                       "seed": int(seed), "data": problem.fingerprint()}, sort_keys=True, default=str)
+                       "seed": int(seed), "data": data_fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -545,6 +545,11 @@ class Checkpoint:
         self.every_s = float(every_s)
         self.last = time.monotonic()
         self.resumed = False
+
+    def batch_store(self) -> Optional["BatchStore"]:
+        """Write-once per-batch files under this checkpoint's name and signature (None without a
+        folder): what a pass that finishes images batch by batch keeps instead of a whole state."""
+        return BatchStore(os.path.join(self.workdir, self.name), self.signature) if self.workdir else None
 
     def sibling(self, part: str, every_s: Optional[float] = None) -> "Checkpoint":
         """A checkpoint for another part of the same run (same folder and signature)."""
@@ -716,6 +721,6 @@ class OptimMethod(Method):
         if budget.norm != "linf":
             raise UnlearnableError(f"{self.registry_name}: only ℓ∞ budgets are implemented")
         prob = prepare(data, device, int(getattr(self, "working_size", 32)), self.registry_name, self.resize)
-        sig = run_signature(self, budget, seed, prob, ignore=("checkpoint_every_s",))
+        sig = run_signature(self, budget, seed, prob.fingerprint(), ignore=("checkpoint_every_s",))
         ck = Checkpoint(workdir, name or self.registry_name, sig, float(getattr(self, "checkpoint_every_s", 300.0)))
         return prob, ck

@@ -410,17 +410,13 @@ class PIL(Method):
     def _store(self, workdir: Optional[str], budget: Budget, seed: int, x, y, data: ImageSet):
         """Where the native-size pass of a large-photo folder keeps its finished batches."""
         import hashlib
-        import json
-        import os
 
-        from .optim import BatchStore
+        from .optim import Checkpoint, run_signature
 
         if not workdir:
             return None
-        h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps({"hp": self.hyperparameters(), "budget": [budget.norm, budget.eps], "seed": int(seed)},
-                            sort_keys=True, default=str).encode())
+        h = hashlib.blake2b(digest_size=16)  # the data: working-size pixels, labels, native sizes
         h.update(x.cpu().numpy().tobytes())
         h.update(y.cpu().numpy().astype(np.int64).tobytes())
         h.update(str([data.shape_of(i) for i in range(len(data))]).encode())
-        return BatchStore(os.path.join(workdir, "pil-native"), h.hexdigest())
+        return Checkpoint(workdir, "pil-native", run_signature(self, budget, seed, h.hexdigest())).batch_store()
