@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """The defense table: every defense, on clean data and on each protected set.
 
-Protects the CIFAR-10 training set with each method (in memory, timed), then runs
-``unlearnable.audit.run_audit`` per method with the chosen victim recipe. The clean victims
-are trained once and reused for every method (audit ``run_key``s), and with ``--json FILE``
-every finished run is saved, so ``--resume`` continues an interrupted table.
+A grid (:mod:`unlearnable.bench.grid`) over the CIFAR-10 training set: each method protects it
+(timed), then victims train under each defense with the chosen recipe, on the clean and on each
+protected set. The clean victims are trained once and shared by every method; with ``--db FILE``
+every finished run is stored in a results database, so running the same command again trains
+only what it lacks (an interrupted table resumes, ``--seeds 0,1`` adds only the new seed).
 
 Prints one Markdown table — a row per defense; columns: the clean victim's accuracy, its
 training seconds and their ratio to the ``none`` row (the adversarial-training cost target is
@@ -15,8 +16,8 @@ Accuracies are the credited ones (final epoch; ``early-stop``: its validation-se
 
 Examples::
 
-    # GPU, the paper protocol (hours: use --json/--resume across device calls):
-    python benchmarks/bench_defenses.py --recipe paper --json $OUT/defenses.json --record
+    # GPU, the paper protocol (hours: the same --db across device calls resumes):
+    python benchmarks/bench_defenses.py --recipe paper --db $OUT/defenses.db --record
     # CPU, a small protocol:
     python benchmarks/bench_defenses.py --recipe cpu-small --limit 5000 --test-limit 2000 --device cpu
 """
@@ -25,10 +26,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA, add_record_args, load_splits, record, seeded_subset  # noqa: E402
@@ -52,79 +52,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seeds", default=None, metavar="S,S,...",
                     help="victim seeds (default: --seed); cells become mean ± sd over them")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--json", default=None, metavar="FILE", help="every run's record, rewritten after each run")
-    ap.add_argument("--resume", action="store_true", help="reuse the runs already in --json FILE")
+    ap.add_argument("--db", default=None, metavar="FILE",
+                    help="results database (SQLite): every run is stored as it finishes, and the runs it already "
+                         "holds are not trained again (an interrupted table resumes; `unlearnable report FILE`)")
     add_record_args(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap.parse_args(argv)
-
-
-def pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.2f}"
-
-
-def table(defenses, methods, records) -> str:
-    """Markdown: a row per defense, clean accuracy/seconds/cost ratio, then one column per method.
-
-    With several seeds a cell is the mean ± sd of the credited accuracy over them."""
-    from unlearnable.audit import recovered_accuracy, summarize
-
-    unique = {r.get("run_key") or id(r): r for r in records}.values()  # clean runs are shared by the methods
-    clean_recs = [r for r in unique if r["trained_on"] == "clean"]
-    clean = {row["defense"]: row for row in summarize(clean_recs)}
-    prot = {m: {row["defense"]: row for row in summarize([r for r in records if r["trained_on"] == "protected"
-                                                          and r.get("method") == m])} for m in methods}
-    secs = {d: float(np.mean([r["seconds"] for r in clean_recs if r["defense"] == d]))
-            for d in {r["defense"] for r in clean_recs}}
-
-    def cell(row, on):
-        if row is None or f"{on}_final" not in row:
-            return "—"
-        return pct(row[f"{on}_final"]) + (f" ± {100 * row[f'{on}_sd']:.2f}" if row[f"{on}_n"] > 1 else "")
-
-    base = secs.get("none")
-    head = ["defense", "clean acc %", "clean run s", "× none"] + [f"{m} acc %" for m in methods]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for d in defenses:
-        ratio = f"{secs[d] / base:.2f}" if base and d in secs else "—"
-        cells = [d, cell(clean.get(d), "clean"), f"{secs[d]:.1f}" if d in secs else "—", ratio]
-        cells += [cell(prot[m].get(d), "protected") for m in methods]
-        lines.append("| " + " | ".join(cells) + " |")
-    rec = ["**recovered**", "", "", ""]
-    for m in methods:
-        best = recovered_accuracy([r for r in records if r.get("method") == m])
-        rec.append(f"{pct(best['final_acc'])} ({best['defense']})" if best else "—")
-    lines.append("| " + " | ".join(rec) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from unlearnable.audit import AuditLog, run_audit
-    from unlearnable.errors import UnlearnableError
+    from unlearnable.bench import ResultsDB, defense_table, grid_from_dict, run_grid
+    from unlearnable.cli import parse_seeds
     from unlearnable.device import describe_device, resolve_device
-    from unlearnable.methods import create_method
+    from unlearnable.errors import UnlearnableError
     from unlearnable.progress import progress_ui
     from unlearnable.registry import split_spec_list
     from unlearnable.train.recipes import get_recipe
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from unlearnable.cli import parse_seeds
-
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     defenses = split_spec_list(args.defenses)
     dev = str(resolve_device(args.device))
-    try:
-        log = AuditLog(args.json, resume=args.resume)
-    except UnlearnableError as e:
-        raise SystemExit(f"error: {e}") from None
-    recipe = get_recipe(args.recipe)
-    if args.epochs:
-        recipe = recipe.replace(epochs=args.epochs)
-    if args.arch:
-        recipe = recipe.replace(arch=args.arch)
+    recipe = get_recipe(args.recipe, epochs=args.epochs, arch=args.arch)
 
     t0 = time.perf_counter()
     train, test = load_splits(args.data)
@@ -132,33 +83,28 @@ def main(argv=None) -> int:
     train = seeded_subset(train, args.limit, args.seed)
     test = seeded_subset(test, args.test_limit, args.seed + 1)
     print(f"# {len(train)} train / {len(test)} test, {describe_device(dev)}, recipe {recipe.name}", file=sys.stderr)
-
-    gen = {}
-
-    def keep(method: str):
-        return lambda r: log.add({**r, "method": method})
-
-    started = time.perf_counter()
-    for i, name in enumerate(methods):
-        t1 = time.perf_counter()
-        res = create_method(name).protect(train, seed=args.seed, device=dev)
-        gen[name] = (time.perf_counter() - t1, res.norms["linf"]["max"], res.budget.describe())
-        print(f"[{name}] protected in {gen[name][0]:.1f} s", file=sys.stderr, flush=True)
-        # Only the first method trains the clean victims; the others reuse them by run key.
-        with progress_ui(not args.quiet) as ui:
-            run_audit(res.protected, test, clean=train, defenses=defenses, arch=None, recipe=recipe.name,
-                      epochs=recipe.epochs, seed=seeds, device=dev, progress=ui, on_result=keep(name),
-                      reuse=log.earlier + log.records)
-    wall = time.perf_counter() - started
-    records = log.records
+    name = Path(args.data).name.removesuffix(".tar.gz") + (f"[{len(train)}/{len(test)}]" if args.limit or args.test_limit else "")
+    grid = grid_from_dict({"dataset": str(args.data), "name": name, "methods": args.methods, "defenses": defenses,
+                           "recipes": [args.recipe], "archs": [args.arch], "epochs": args.epochs,
+                           "method_seeds": [args.seed], "seeds": seeds}, where="bench_defenses")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:  # without --db the runs go to a throw-away database
+            db = ResultsDB(args.db or Path(tmp) / "runs.db")
+        except UnlearnableError as e:
+            raise SystemExit(f"error: {e}") from None
+        with db, progress_ui(not args.quiet) as ui:
+            out = run_grid(grid, db, device=dev, data=(train, test), progress=ui,
+                           log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+            gens = {g["method"]: g for g in db.generations(dataset=grid.label)}
+    records = out["records"]
     text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
             f"data: {len(train)} train / {len(test)} test images from {args.data} (load {load_s:.1f} s, not timed); "
             f"victim: recipe {recipe.name}, {recipe.arch}, {recipe.epochs} epochs, batch {recipe.batch_size}; "
             f"seed {args.seed}" + (f", victim seeds {args.seeds}" if args.seeds else "") + "; accuracy on the clean test set (final epoch; early-stop: selected epoch); "
-            f"wall {wall / 60:.1f} min ({sum(1 for r in records if r.get('reused'))} runs reused)\n"
-            + "".join(f"- {m}: {b}, generated in {s:.1f} s (measured ℓ∞ max {lmax:.0f} grey levels)\n"
-                      for m, (s, lmax, b) in gen.items())
-            + "\n" + table(defenses, methods, records) + "\n")
+            f"wall {out['seconds'] / 60:.1f} min ({out['reused']} runs reused)\n"
+            + "".join(f"- {m}: {gens[m]['budget']}, generated in {gens[m]['seconds']:.1f} s on {gens[m]['device']} "
+                      f"(measured ℓ∞ max {gens[m]['linf_max']:.0f} grey levels)\n" for m in grid.methods if m in gens)
+            + "\n" + defense_table(records, defenses) + "\n")
     print(text)
     record(args, "Defense table", text, "bench_defenses.py", argv)
     return 0

@@ -78,11 +78,8 @@ def load_splits(path=None):
 
 
 def seeded_subset(data, n: Optional[int], seed: int):
-    """A seeded random subset of ``n`` images in their original order (folder sets are
-    class-sorted, so the first ``n`` would be a few classes only); all of them when ``n`` is None."""
-    if not n or n >= len(data):
-        return data
-    return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
+    """:meth:`ImageSet.sample`: a seeded random subset of ``n`` images (all when ``n`` is None)."""
+    return data.sample(n, seed)
 
 
 def epoch_progress(label: str):

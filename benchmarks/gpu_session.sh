@@ -12,8 +12,8 @@
 #   paper-clean      400 s  paper, 60 epochs, clean (target <= 2.5 s/epoch)
 #   paper-classwise  400 s  paper, 60 epochs, class-wise noise
 #   pil              420 s  PIL generation on 50,000 images + a paper victim on it (target <= 15 %)
-#   defenses         540 s  the defense table under paper; carry .data/defenses.json from the last call
-#                           (fetched as defenses.json) and it resumes where that call stopped
+#   defenses         540 s  the defense table under paper; carry .data/defenses.db from the last call
+#                           (fetched as defenses.db) and it resumes where that call stopped
 #
 # Needs .data/cifar10-jpeg.tar.gz (and .whl/ with the kornia wheels for UEraser) carried into the
 # call. Everything a step prints is appended to $OUT/R.md by the scripts; this script's own log is
@@ -65,9 +65,9 @@ for name in "$@"; do
     pil)
       step 420 $PY benchmarks/bench_pil.py --data "$DATA" --victim paper --victim-seeds 0 --record --results "$R" ;;
     defenses)
-      step 540 $PY benchmarks/bench_defenses.py --data "$DATA" --recipe paper --json .data/defenses.json --resume \
+      step 540 $PY benchmarks/bench_defenses.py --data "$DATA" --recipe paper --db .data/defenses.db \
         --record --results "$R"
-      [ -f .data/defenses.json ] && cp .data/defenses.json "$OUT/defenses.json" ;;
+      [ -f .data/defenses.db ] && cp .data/defenses.db "$OUT/defenses.db" ;;
     *)
       echo "error: unknown step '$name' (smoke, probe, short, paper-clean, paper-classwise, pil, defenses)"; exit 2 ;;
   esac

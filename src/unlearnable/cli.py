@@ -356,6 +356,49 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .bench import ResultsDB, load_grid, report_markdown, run_grid
+    from .progress import progress_ui
+
+    grid = load_grid(args.grid)
+    if args.markdown:  # checked before hours of training, not after
+        from .data.save import check_writable
+
+        check_writable(args.markdown)
+    with ResultsDB(args.db) as db:
+        with progress_ui(not args.quiet) as ui:
+            counts = run_grid(grid, db, cache=Path(args.cache).expanduser() if args.cache else None,
+                              device=args.device, progress=ui, log=_print if not args.quiet else _warnings_only)
+        text = report_markdown(db, dataset=grid.label)
+    print(text)
+    if args.markdown:
+        _write_text(args.markdown, text)
+    from .progress import fmt_seconds
+
+    _print(f"grid done in {fmt_seconds(counts['seconds'])}: {counts['generated']} protected sets made, "
+           f"{counts['cached']} from the cache; {counts['trained']} victims trained, {counts['reused']} from "
+           f"{args.db}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench import ResultsDB, report_markdown, runs_csv
+
+    for path in (args.markdown, args.csv):
+        if path:
+            from .data.save import check_writable
+
+            check_writable(path)
+    with ResultsDB(args.db, create=False) as db:
+        text = report_markdown(db, dataset=args.dataset)
+        if args.csv:
+            _write_text(args.csv, runs_csv(db))
+    print(text)
+    if args.markdown:
+        _write_text(args.markdown, text)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .defenses import DEFENSES
     from .methods import METHODS
@@ -525,6 +568,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import even when the poison's images look like other images than the clean ones "
                         "(a median change above 32 grey levels per pixel: usually a clean set in another order)")
     m.set_defaults(func=cmd_import)
+
+    g = sub.add_parser("grid", help="run a grid of methods × budgets × defenses × recipes × seeds into a results "
+                                    "database (only what it does not hold yet)")
+    g.add_argument("grid", help="grid file (.yaml or .json; keys in `unlearnable.bench.grid`)")
+    g.add_argument("--db", required=True, metavar="FILE", help="SQLite results database (created if absent)")
+    g.add_argument("--cache", default=None, metavar="DIR",
+                   help="protected sets and generation checkpoints (default: DB.cache beside the database)")
+    g.add_argument("--device", default=None)
+    g.add_argument("--markdown", default=None, metavar="FILE", help="also write the report as Markdown")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_grid)
+
+    r = sub.add_parser("report", help="print the tables of a results database")
+    r.add_argument("db", help="SQLite results database written by `unlearnable grid`")
+    r.add_argument("--dataset", default=None, help="only this data set")
+    r.add_argument("--markdown", default=None, metavar="FILE", help="also write the report as Markdown")
+    r.add_argument("--csv", default=None, metavar="FILE", help="write every run as a CSV row")
+    r.set_defaults(func=cmd_report)
 
     for kind in ("methods", "defenses", "models", "recipes"):
         lp = sub.add_parser(kind, help=f"list {kind}")

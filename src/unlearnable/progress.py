@@ -15,7 +15,8 @@ from typing import Callable, Dict, Iterator, Optional
 Tick = Callable[[int, int], None]
 
 
-def _fmt_seconds(s: float) -> str:
+def fmt_seconds(s: float) -> str:
+    """``h:mm:ss`` (or ``m:ss`` under an hour) for progress lines and summaries."""
     s = max(0, int(round(s)))
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
@@ -52,9 +53,9 @@ class LineProgress:
                 eta = (now - t1) / (done - d1) * (total - done)
             else:  # a first tick with progress (an epoch done): the only rate is since the start
                 eta = el / done * (total - done)
-            eta_s = _fmt_seconds(eta)
+            eta_s = fmt_seconds(eta)
             pct = 100.0 * done / total if total else 100.0
-            print(f"{description}: {done}/{total} ({pct:.0f}%) elapsed {_fmt_seconds(el)} ETA {eta_s}",
+            print(f"{description}: {done}/{total} ({pct:.0f}%) elapsed {fmt_seconds(el)} ETA {eta_s}",
                   file=self.stream, flush=True)
 
         return tick

@@ -79,7 +79,7 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def _fingerprint(data: ImageSet) -> str:
+def fingerprint_set(data: ImageSet) -> str:
     """Hash of ids and per-file hashes (or pixels): identifies the input a partial run used."""
     h = hashlib.sha256()
     for i, id_ in enumerate(data.ids):
@@ -158,7 +158,7 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     run_info = {
         "method": job.method, "hyperparameters": method.hyperparameters(), "budget": budget.to_dict(),
         "seed": job.seed, "input": str(inp), "split": job.split, "labels": job.labels,
-        "fingerprint": _fingerprint(data),
+        "fingerprint": fingerprint_set(data),
     }
     created_here = False
     if part.exists() and job.resume and (part / MANIFEST).exists():

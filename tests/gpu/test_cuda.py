@@ -169,3 +169,16 @@ def test_cli_protect_verify_audit_on_cuda(tmp_path, capsys):
                  "--recipe", "cpu-small", "--epochs", "1", "--size", "32", "--device", "cuda", "--json", str(js),
                  "--quiet"]) == 0, capsys.readouterr().err
     assert {r["device"].split(" ")[0].split(":")[0] for r in json.loads(js.read_text())} == {"cuda"}
+
+
+def test_grid_runs_into_the_database_on_cuda(tmp_path):
+    from unlearnable.bench import ResultsDB, grid_from_dict, report_markdown, run_grid
+
+    grid = grid_from_dict({"dataset": "digits", "limit": 200, "test_limit": 100, "methods": ["pil", "regions-4"],
+                           "defenses": ["none", "jpeg10"], "recipes": ["cpu-small:epochs=2,bf16=true"]})
+    with ResultsDB(tmp_path / "r.db") as db:
+        counts = run_grid(grid, db, device="cuda")
+        assert counts["trained"] == 6
+        assert all(r["device"].startswith("cuda") for r in db.runs())
+        assert all(g["device"].startswith("cuda") and g["linf_max"] <= 8 for g in db.generations())
+        assert "regions-4 acc %" in report_markdown(db)

@@ -1,7 +1,6 @@
 """The benchmark scripts' shared helpers and the defense table, smoke-run on tiny data (CPU)."""
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -55,30 +54,33 @@ def test_seeded_subset_is_seeded_and_ordered(tiny_npz):
 
 
 def test_defense_table_smoke_and_resume(tiny_npz, tmp_path, capsys):
+    from unlearnable.bench import ResultsDB
+
     bench = _load("bench_defenses")
-    js, results = tmp_path / "d.json", tmp_path / "R.md"
+    db, results = tmp_path / "d.db", tmp_path / "R.md"
     argv = ["--data", str(tiny_npz), "--methods", "random-classwise,regions-4", "--defenses", "none,jpeg10",
-            "--recipe", "cpu-small", "--epochs", "1", "--device", "cpu", "--json", str(js), "--quiet",
+            "--recipe", "cpu-small", "--epochs", "1", "--device", "cpu", "--db", str(db), "--quiet",
             "--record", "--results", str(results)]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "| jpeg10 |" in out and "random-classwise acc %" in out and "**recovered**" in out
-    recs = json.loads(js.read_text())
-    # Clean victims are trained once and reused for the second method.
-    assert len(recs) == 8 and sum(1 for r in recs if r.get("reused")) == 2
+    assert "(0 runs reused)" in out and "generated in" in out
+    # Clean victims are trained once and shared by the two methods.
+    with ResultsDB(db) as d:
+        assert len(d.runs()) == 6 and sum(r["trained_on"] == "clean" for r in d.runs()) == 2
     assert "## Defense table" in results.read_text()
-    with pytest.raises(SystemExit):  # an existing JSON is never clobbered
-        bench.main(argv)
-    assert bench.main(argv + ["--resume"]) == 0
-    assert all(r.get("reused") for r in json.loads(js.read_text()))
-    capsys.readouterr()
+    assert bench.main(argv) == 0  # the same command again trains nothing
+    assert "(6 runs reused)" in capsys.readouterr().out
     # Two victim seeds: the seed-0 runs are reused, cells are mean ± sd, the clean runs counted once.
-    assert bench.main(argv + ["--resume", "--seeds", "0,1"]) == 0
+    assert bench.main(argv + ["--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
-    recs = json.loads(js.read_text())
-    assert len(recs) == 16 and sum(1 for r in recs if not r.get("reused")) == 6
+    with ResultsDB(db) as d:
+        assert len(d.runs()) == 12
     row = next(line for line in out.splitlines() if line.startswith("| jpeg10 |"))
-    assert row.count("±") == 3 and "victim seeds 0,1" in out
+    assert row.count("±") == 3 and "victim seeds 0,1" in out and "(6 runs reused)" in out
+    # Without --db nothing is kept.
+    assert bench.main([a for a in argv if a not in ("--db", str(db), "--record")]) == 0
+    assert "(0 runs reused)" in capsys.readouterr().out
 
 
 def test_resolution_bench_smoke(tiny_npz, tmp_path, capsys):

@@ -120,6 +120,14 @@ class ImageSet:
             sha256=None if self.sha256 is None else [self.sha256[i] for i in idx],
         )
 
+    def sample(self, n: Optional[int], seed: int = 0) -> "ImageSet":
+        """A seeded random subset of ``n`` images, kept in their original order; the whole set
+        when ``n`` is None or not smaller. (Folder sets are class-sorted: the first ``n`` would
+        be a few classes only.)"""
+        if not n or n >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
     def positions(self, ids: Sequence[str]) -> np.ndarray:
         """Where the images with these ids are (``subset(positions(ids))`` selects them by id).
 

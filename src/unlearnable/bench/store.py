@@ -1,0 +1,172 @@
+"""The results database: every victim run and every generated protected set, in one SQLite file.
+
+One row per victim run, identified by (``run_key``, method, budget, method seed): the run key
+(:func:`unlearnable.audit.run_key`) already hashes the training pixels, the defense, the recipe,
+the victim seed, the image size and the device type, so the clean baseline of a defense is one
+row (method ``""``) shared by every method made from the same data, and a protected run is
+attributed to the method, budget and generation seed that made its data. One row per protected
+set (``generations``) holds its generation time, device and measured norms.
+
+Each row is committed on its own, so a run interrupted at any point keeps everything it
+finished; the full record (curve, recipe, device, ...) is kept as JSON beside the indexed
+columns. SQLite ships with Python: no server, one file to copy between machines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+from ..errors import UnlearnableError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_key TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    method TEXT NOT NULL,          -- '' for a victim trained on clean data
+    budget TEXT NOT NULL,          -- '' for clean runs
+    method_seed INTEGER NOT NULL,  -- -1 for clean runs
+    defense TEXT NOT NULL,
+    arch TEXT, recipe TEXT, seed INTEGER, trained_on TEXT NOT NULL,
+    acc REAL, final_acc REAL, best_acc REAL, seconds REAL,
+    device TEXT, version TEXT, created TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_key, method, budget, method_seed)
+);
+CREATE TABLE IF NOT EXISTS generations (
+    gen_key TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL, method TEXT NOT NULL, budget TEXT NOT NULL, method_seed INTEGER NOT NULL,
+    n_images INTEGER, seconds REAL, device TEXT, linf_max REAL, version TEXT, created TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+"""
+
+#: The columns of ``runs`` a CSV export and a query return (``record`` is expanded instead).
+RUN_COLUMNS = ("dataset", "method", "budget", "method_seed", "defense", "arch", "recipe", "seed", "trained_on",
+               "acc", "final_acc", "best_acc", "seconds", "device", "version", "created", "run_key")
+GENERATION_COLUMNS = ("dataset", "method", "budget", "method_seed", "n_images", "seconds", "device", "linf_max",
+                      "version", "created", "gen_key")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultsDB:
+    """A results database file (created when ``create`` and absent).
+
+    Args:
+        path: the SQLite file.
+        create: create the file when it does not exist; else a missing file is an error
+            (reports read an existing database).
+
+    Raises:
+        UnlearnableError: a missing file (``create=False``), a folder that does not exist, a
+            file that is not a results database, or one written by a newer schema.
+    """
+
+    def __init__(self, path, *, create: bool = True):
+        from ..data.save import check_writable
+
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            if not create:
+                raise UnlearnableError(f"{self.path}: no such results database")
+            check_writable(self.path)
+        elif self.path.is_dir():
+            raise UnlearnableError(f"{self.path} is a folder, not a results database")
+        try:
+            self.conn = sqlite3.connect(str(self.path))
+            with self.conn:
+                self.conn.executescript(_SCHEMA)
+                row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is None:
+                    self.conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as e:
+            raise UnlearnableError(f"{self.path} is not a results database ({e})") from None
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise UnlearnableError(f"{self.path} was written by a newer unlearnable (schema {row[0]}); upgrade to "
+                                   "read it")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultsDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+    def add_run(self, record: Dict[str, Any], *, dataset: str, method: str = "", budget: str = "",
+                method_seed: int = -1) -> None:
+        """Store one audit record (:func:`unlearnable.audit.run_audit`), committed at once.
+
+        A record already stored under the same key and cell is replaced (a re-run of the same
+        settings), so re-running a grid never duplicates rows.
+        """
+        if record.get("trained_on") == "clean":
+            method, budget, method_seed = "", "", -1
+        rec = {k: v for k, v in record.items() if k != "reused"}
+        if not rec.get("run_key"):
+            raise ValueError("a record needs its run_key to be stored")
+        row = (rec["run_key"], dataset, method, budget, int(method_seed), rec["defense"], rec.get("arch"),
+               rec.get("recipe"), rec.get("seed"), rec["trained_on"], rec.get("acc"), rec.get("final_acc"),
+               rec.get("best_acc"), rec.get("seconds"), rec.get("device"), _version(), _now(),
+               json.dumps(rec, default=str))
+        with self.conn:
+            self.conn.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(row))})", row)
+
+    def add_generation(self, gen_key: str, *, dataset: str, method: str, budget: str, method_seed: int,
+                       n_images: int, seconds: float, device: str, linf_max: Optional[float],
+                       record: Dict[str, Any]) -> None:
+        """Store how a protected set was made (time, device, norms, hyperparameters)."""
+        row = (gen_key, dataset, method, budget, int(method_seed), int(n_images), float(seconds), device,
+               linf_max, _version(), _now(), json.dumps(record, default=str))
+        with self.conn:
+            self.conn.execute(f"INSERT OR REPLACE INTO generations VALUES ({','.join('?' * len(row))})", row)
+
+    # -- reading ---------------------------------------------------------------------------
+    def runs(self, **where: Any) -> List[Dict[str, Any]]:
+        """Stored run records, each with its cell (``dataset``, ``method``, ``budget``,
+        ``method_seed``) merged in; ``where`` filters on columns (``dataset="cifar10"``)."""
+        return [{**json.loads(rec), **dict(zip(RUN_COLUMNS[:4], cell))}
+                for *cell, rec in self._select("runs", ("dataset", "method", "budget", "method_seed", "record"),
+                                               where)]
+
+    def generations(self, **where: Any) -> List[Dict[str, Any]]:
+        """Stored generation rows (indexed columns plus their ``record``)."""
+        out = []
+        for row in self._select("generations", (*GENERATION_COLUMNS, "record"), where):
+            d = dict(zip((*GENERATION_COLUMNS, "record"), row))
+            d["record"] = json.loads(d["record"])
+            out.append(d)
+        return out
+
+    def has_generation(self, gen_key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM generations WHERE gen_key = ?", (gen_key,)).fetchone() is not None
+
+    def run_table(self, **where: Any) -> List[Dict[str, Any]]:
+        """The indexed columns of stored runs, one dict per row (what the CSV export writes)."""
+        return [dict(zip(RUN_COLUMNS, row)) for row in self._select("runs", RUN_COLUMNS, where)]
+
+    def _select(self, table: str, columns: Iterable[str], where: Dict[str, Any]) -> List[tuple]:
+        allowed = RUN_COLUMNS if table == "runs" else GENERATION_COLUMNS
+        bad = [k for k in where if k not in allowed]
+        if bad:
+            raise UnlearnableError(f"cannot filter {table} on {bad[0]!r}; columns: {', '.join(allowed)}")
+        clause = " AND ".join(f"{k} = ?" for k in where)
+        sql = f"SELECT {', '.join(columns)} FROM {table}" + (f" WHERE {clause}" if clause else "") + " ORDER BY rowid"
+        return self.conn.execute(sql, tuple(where.values())).fetchall()
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

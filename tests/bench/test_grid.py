@@ -1,0 +1,286 @@
+"""Grids, the results database and its reports (tiny digits subsets, one-epoch CPU victims)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from unlearnable.bench import ResultsDB, defense_table, grid_from_dict, load_grid, report_markdown, run_grid, runs_csv
+from unlearnable.bench.grid import prepare
+from unlearnable.cli import main
+from unlearnable.errors import UnlearnableError
+
+GRID = {"dataset": "digits", "limit": 120, "test_limit": 80, "methods": ["random-classwise", "regions-4"],
+        "defenses": ["none", "standard:pad=2"], "recipes": ["cpu-small:epochs=1"], "seeds": [0]}
+
+
+def _cells(db):
+    return {(r["method"], r["defense"], r["trained_on"], r["seed"]): r["acc"] for r in db.runs()}
+
+
+# -- grid files ----------------------------------------------------------------------------
+def test_grid_file_scalars_lists_and_comma_specs(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("dataset: digits\nmethods: pil\ndefenses: none,early-stop:source=clean,val_fraction=0.2,jpeg10\n"
+                 "budgets: [default, 4/255]\nseeds: 3\narchs: [default, linear]\n")
+    g = load_grid(p)
+    assert g.methods == ["pil"] and g.seeds == [3] and g.budgets == [None, "4/255"] and g.archs == [None, "linear"]
+    assert g.defenses == ["none", "early-stop:source=clean,val_fraction=0.2", "jpeg10"]
+    assert g.label == "digits" and len(g.cells()) == 2
+    # 3 defenses × 2 archs × 1 seed per training set; 2 protected sets plus the clean one.
+    assert g.victim_runs() == 3 * 2 * 3
+    j = tmp_path / "g.json"
+    j.write_text(json.dumps({"dataset": "/data/cifar10", "methods": ["pil"]}))
+    assert load_grid(j).label == "cifar10"
+
+
+@pytest.mark.parametrize("data, cause", [
+    ({"methods": ["pil"]}, "'dataset' is required"),
+    ({"dataset": "digits"}, "'methods' is required"),
+    ({"dataset": "digits", "methods": ["pil"], "defences": ["none"]}, "unknown key 'defences'"),
+    ({"dataset": "digits", "methods": ["pil"], "seeds": ["a"]}, "'seeds' takes an integer"),
+    ({"dataset": "digits", "methods": ["pil"], "seeds": [0, 0]}, "repeats a seed"),
+    ({"dataset": "digits", "methods": ["pil"], "limit": 0}, "'limit' takes a positive integer"),
+    ({"dataset": "digits", "methods": ["pil"], "recipes": []}, "'recipes' is empty"),
+    ({"dataset": "digits", "methods": [3]}, "'methods' must be names"),
+    (["dataset", "digits"], "a grid is a mapping"),
+])
+def test_bad_grid_names_the_key(data, cause):
+    with pytest.raises(UnlearnableError, match=cause):
+        grid_from_dict(data, where="g.yaml")
+
+
+def test_unreadable_grid_files(tmp_path):
+    with pytest.raises(UnlearnableError, match="no such grid file"):
+        load_grid(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: [digits\n")
+    with pytest.raises(UnlearnableError, match="not valid YAML"):
+        load_grid(bad)
+    badj = tmp_path / "bad.json"
+    badj.write_text("{")
+    with pytest.raises(UnlearnableError, match="not valid JSON"):
+        load_grid(badj)
+
+
+@pytest.mark.parametrize("change, cause", [
+    ({"methods": ["nope"]}, "unknown method"),
+    ({"methods": ["pil:stepz=3"]}, "no parameter 'stepz'"),
+    ({"defenses": ["jpeg:quality=abc"]}, "quality"),
+    ({"recipes": ["fastest"]}, "unknown recipe"),
+    ({"archs": ["resnet-1000"]}, "unknown architecture"),
+    ({"budgets": ["l2:0.5"]}, "bounded in linf"),
+])
+def test_every_name_is_checked_before_any_work(change, cause, tmp_path):
+    grid = grid_from_dict({**GRID, **change})
+    with pytest.raises(UnlearnableError, match=cause):
+        prepare(grid)
+    with ResultsDB(tmp_path / "r.db") as db, pytest.raises(UnlearnableError, match=cause):
+        run_grid(grid, db)
+    assert not (tmp_path / "r.db.cache").exists()
+
+
+# -- running -------------------------------------------------------------------------------
+def test_grid_runs_once_shares_clean_baselines_and_resumes(tmp_path):
+    grid = grid_from_dict(GRID)
+    with ResultsDB(tmp_path / "r.db") as db:
+        counts = run_grid(grid, db, device="cpu")
+        # Clean victims: 2 defenses, trained once for both methods; protected: 2 × 2.
+        assert counts["generated"] == 2 and counts["trained"] == 6 and counts["reused"] == 0
+        runs = db.runs()
+        assert len(runs) == 6
+        clean = [r for r in runs if r["trained_on"] == "clean"]
+        assert len(clean) == 2 and all(r["method"] == "" and r["method_seed"] == -1 for r in clean)
+        assert {r["method"] for r in runs if r["trained_on"] == "protected"} == {"random-classwise", "regions-4"}
+        assert all(r["budget"] == "8/255" for r in runs if r["trained_on"] == "protected")
+        gens = db.generations()
+        assert [g["method"] for g in gens] == ["random-classwise", "regions-4"]
+        assert all(g["linf_max"] <= 8 and g["n_images"] == 120 and g["seconds"] >= 0 for g in gens)
+        first = _cells(db)
+    assert len(list((tmp_path / "r.db.cache").glob("*.npz"))) == 2
+    assert not any((tmp_path / "r.db.cache" / "work").glob("*"))  # checkpoints go once a set is cached
+    # Run again: nothing is generated or trained; then a third method adds only its own runs.
+    with ResultsDB(tmp_path / "r.db") as db:
+        again = run_grid(grid, db, device="cpu")
+        assert again["generated"] == 0 and again["cached"] == 2 and again["trained"] == 0 and again["reused"] == 6
+        more = run_grid(grid_from_dict({**GRID, "methods": GRID["methods"] + ["random"]}), db, device="cpu")
+        assert more["generated"] == 1 and more["trained"] == 2 and more["reused"] == 6
+        assert _cells(db).items() >= first.items() and len(db.runs()) == 8
+
+
+def test_interrupted_grid_continues_to_the_same_numbers(tmp_path):
+    grid = grid_from_dict(GRID)
+    with ResultsDB(tmp_path / "full.db") as db:
+        run_grid(grid, db, device="cpu")
+        full = _cells(db)
+
+    started = []
+
+    def stop_at_fourth(label):
+        started.append(label)
+        if len(started) == 4:
+            raise KeyboardInterrupt
+        return None
+
+    with ResultsDB(tmp_path / "cut.db") as db:
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(grid, db, device="cpu", progress=stop_at_fourth)
+        assert len(db.runs()) == 2  # what finished is kept, each row committed on its own
+    with ResultsDB(tmp_path / "cut.db") as db:
+        counts = run_grid(grid, db, device="cpu")
+        assert counts["reused"] == 2 and counts["trained"] == 4
+        assert _cells(db) == full
+
+
+def test_cached_protected_set_is_the_generated_one(tmp_path):
+    from unlearnable.bench.grid import _cached, generation_key, load_dataset
+    from unlearnable.methods import create_method
+    from unlearnable.protect import fingerprint_set
+
+    grid = grid_from_dict({**GRID, "methods": ["random"]})
+    with ResultsDB(tmp_path / "r.db") as db:
+        run_grid(grid, db, device="cpu")
+    train, _ = load_dataset(grid)
+    m = create_method("random")
+    b = m.parse_budget(None)
+    cached = _cached(tmp_path / "r.db.cache", generation_key(m, b, 0, fingerprint_set(train)))
+    fresh = m.protect(train, b, seed=0, device="cpu").protected
+    assert cached.ids == fresh.ids and (cached.stacked() == fresh.stacked()).all()
+    assert (cached.labels == fresh.labels).all() and cached.classes == fresh.classes
+
+
+# -- database ------------------------------------------------------------------------------
+def test_database_errors(tmp_path):
+    with pytest.raises(UnlearnableError, match="no such results database"):
+        ResultsDB(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(UnlearnableError, match="does not exist"):
+        ResultsDB(tmp_path / "nowhere" / "r.db")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(UnlearnableError, match="not a results database"):
+        ResultsDB(junk)
+    with pytest.raises(UnlearnableError, match="is a folder"):
+        ResultsDB(tmp_path)
+    with ResultsDB(tmp_path / "r.db") as db, pytest.raises(UnlearnableError, match="cannot filter runs on 'colour'"):
+        db.runs(colour="red")
+    con = sqlite3.connect(tmp_path / "r.db")
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    con.commit()
+    con.close()
+    with pytest.raises(UnlearnableError, match="newer unlearnable"):
+        ResultsDB(tmp_path / "r.db")
+
+
+def test_a_stored_run_is_replaced_not_duplicated(tmp_path):
+    rec = {"run_key": "k", "defense": "none", "trained_on": "protected", "acc": 0.5, "final_acc": 0.5,
+           "best_acc": 0.6, "seconds": 1.0, "seed": 0, "reused": True}
+    with ResultsDB(tmp_path / "r.db") as db:
+        db.add_run(rec, dataset="d", method="m", budget="8/255", method_seed=0)
+        db.add_run({**rec, "acc": 0.25}, dataset="d", method="m", budget="8/255", method_seed=0)
+        db.add_run(rec, dataset="d", method="m", budget="8/255", method_seed=1)  # another cell, same data
+        runs = db.runs()
+        assert [(r["method_seed"], r["acc"]) for r in runs] == [(0, 0.25), (1, 0.5)]
+        assert "reused" not in runs[0]
+        with pytest.raises(ValueError):
+            db.add_run({**rec, "run_key": None}, dataset="d")
+
+
+# -- reports -------------------------------------------------------------------------------
+def _rec(defense, on, acc, method="", budget="", method_seed=-1, seed=0, key=None):
+    return {"defense": defense, "trained_on": on, "acc": acc, "final_acc": acc, "best_acc": acc, "seconds": 2.0,
+            "seed": seed, "method": method, "budget": budget, "method_seed": method_seed,
+            "run_key": key or f"{defense}{on}{method}{budget}{method_seed}{seed}"}
+
+
+def test_defense_table_columns_and_recovered_row():
+    recs = [_rec("none", "clean", 0.9), _rec("jpeg10", "clean", 0.8),
+            _rec("none", "protected", 0.1, "em", "8/255", 0), _rec("jpeg10", "protected", 0.7, "em", "8/255", 0),
+            _rec("none", "protected", 0.2, "em", "4/255", 0), _rec("jpeg10", "protected", 0.3, "em", "4/255", 0),
+            _rec("none", "clean", 0.9)]  # the same clean run seen again (shared by two columns)
+    table = defense_table(recs)
+    head, _, none, jpeg, rec = table.splitlines()
+    assert "em @ 8/255 acc %" in head and "em @ 4/255 acc %" in head
+    assert none.startswith("| none | 90.00 | 2.0 | 1.00 | 10.00 | 20.00 |")
+    assert jpeg.startswith("| jpeg10 | 80.00 | 2.0 | 1.00 | 70.00 | 30.00 |")
+    assert "70.00 (jpeg10)" in rec and "30.00 (jpeg10)" in rec
+
+
+def test_report_and_csv_from_a_grid(tmp_path, capsys):
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({**GRID, "methods": ["random-classwise"], "seeds": [0, 1], "name": "digits-120"}))
+    md = tmp_path / "report.md"
+    assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--device", "cpu", "--quiet",
+                 "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "## digits-120" in out and "### recipe cpu-small:epochs=1, small-cnn" in out and " ± " in out
+    assert md.read_text() + "\n" == out
+    csv_path = tmp_path / "runs.csv"
+    assert main(["report", str(tmp_path / "r.db"), "--csv", str(csv_path)]) == 0
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("dataset,method,budget,method_seed,defense") and len(lines) == 1 + 8
+    with ResultsDB(tmp_path / "r.db") as db:
+        assert runs_csv(db) == csv_path.read_text()
+        assert report_markdown(db, dataset="other").startswith("no runs stored")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps(GRID))
+    assert main(["report", str(tmp_path / "none.db")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    # An output that cannot be written is refused before any victim is trained.
+    assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--markdown", str(tmp_path / "no" / "r.md")]) == 2
+    assert "folder" in capsys.readouterr().err and not (tmp_path / "r.db").exists()
+    assert main(["grid", str(tmp_path / "g.yml"), "--db", str(tmp_path / "r.db")]) == 2
+    assert "no such grid file" in capsys.readouterr().err
+
+
+def test_the_readme_grid_is_a_valid_grid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(# table.yaml.*?)```", readme, re.S).group(1)
+    grid = grid_from_dict(yaml.safe_load(block), where="README")
+    prepare(grid)
+    assert grid.victim_runs() == 5 * 3 * (4 + 1)
+
+
+def test_an_interrupted_generation_resumes_from_its_checkpoint(tmp_path):
+    from unlearnable.methods import METHODS
+
+    kw = {**METHODS.get("em").smoke_kwargs, "checkpoint_every_s": 0.0}
+    spec = "em:" + ",".join(f"{k}={v}" for k, v in kw.items())
+    grid = grid_from_dict({**GRID, "limit": 48, "methods": [spec], "defenses": ["none"]})
+    with ResultsDB(tmp_path / "full.db") as db:
+        run_grid(grid, db, device="cpu", cache=tmp_path / "full")
+    ticks = []
+
+    def stop_in_generation(label):
+        def tick(done, total):
+            ticks.append(done)
+            if len(ticks) == 2:
+                raise KeyboardInterrupt
+        return tick if label.startswith("protect") else None
+
+    with ResultsDB(tmp_path / "cut.db") as db:
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(grid, db, device="cpu", cache=tmp_path / "cut", progress=stop_in_generation)
+        assert db.generations() == [] and any((tmp_path / "cut" / "work").rglob("*.pt"))
+        run_grid(grid, db, device="cpu", cache=tmp_path / "cut")
+        run = db.generations()[0]["record"]["run"]
+        assert run["resumed"] and run["rounds"] >= 1
+        assert f"| {run['rounds']} rounds, resumed |" in report_markdown(db)
+    full = {f.name: f.read_bytes() for f in (tmp_path / "full").glob("*.npz")}
+    cut = {f.name: f.read_bytes() for f in (tmp_path / "cut").glob("*.npz")}
+    assert len(full) == 1 and cut.keys() == full.keys()
+    from unlearnable.data import load_images
+
+    name = next(iter(full))
+    assert (load_images(tmp_path / "cut" / name).stacked() == load_images(tmp_path / "full" / name).stacked()).all()
+    assert not any((tmp_path / "cut" / "work").rglob("*.pt"))
