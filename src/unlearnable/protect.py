@@ -26,6 +26,7 @@ import numpy as np
 from . import __version__
 from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
+from .data.load import MemoryCheck
 from .data.imageset import ImageSet
 from .data.save import (atomic_write, atomic_write_json, check_npz_destination, export_npz,
                         move_into_place, output_names, write_pngs)
@@ -126,6 +127,11 @@ class ProtectJob:
     npz: Optional[str] = None
 
 
+#: The images, their perturbation and the protected copy are all in memory at once.
+PROTECT_MEMORY = MemoryCheck(3, "protecting them", "protect the folder in parts (a few class folders or a "
+                                                   "few hundred photos at a time, each to its own --out)")
+
+
 def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
     """Run a protect job end to end and return the manifest.
 
@@ -151,7 +157,8 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     method = create_method(job.method, **(job.params or {}))
     budget = method.parse_budget(job.budget)
     t_load = time.perf_counter()
-    data = load_images(inp, split=job.split, labels=job.labels, progress=progress("load") if progress else None)
+    data = load_images(inp, split=job.split, labels=job.labels, progress=progress("load") if progress else None,
+                       memory=PROTECT_MEMORY)
     log(f"loaded {data.summary()} from {data.root or inp} in {time.perf_counter() - t_load:.1f}s")
     names = output_names(data.ids)
 

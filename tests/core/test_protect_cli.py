@@ -176,6 +176,31 @@ def test_corrupt_image(tmp_path, capsys):
     assert _no_output(tmp_path)
 
 
+@pytest.mark.parametrize("workers", ["1", "4"])
+def test_a_folder_too_large_for_memory_fails_while_loading(tmp_path, capsys, monkeypatch, workers):
+    # 40 images of 64 x 64 decode to 480 kB; a machine with 600 kB to spare cannot hold them
+    # three times over (images, perturbation, protected copy).
+    import unlearnable.data.load as load
+
+    src = random_folder(tmp_path / "in", 20, (64, 64))
+    monkeypatch.setattr(load, "available_memory", lambda: 600_000)
+    monkeypatch.setattr(load, "_default_workers", lambda: int(workers))
+    code, o = run(["protect", src, "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, o, "40 images decode to about 480 kB", "needs at least 3× that (1.4 MB)", "586 kB available", "in parts")
+    assert _no_output(tmp_path)
+    monkeypatch.setattr(load, "available_memory", lambda: 2_000_000)
+    code, o = run(["protect", src, "--out", tmp_path / "out", "--method", "random"], capsys)
+    assert code == 0, o.err
+
+
+def test_available_memory_is_read_on_linux():
+    from unlearnable.data.load import available_memory
+
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo")
+    assert 0 < available_memory() < 1 << 50
+
+
 def test_non_image_file(tmp_path, capsys):
     src = make_folder(tmp_path / "in", mixed=False)
     (src / "dog" / "notes.txt").write_text("hello")

@@ -45,7 +45,9 @@ import hashlib
 import io
 import os
 import pickle
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -246,8 +248,81 @@ def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _decode_files(paths: Sequence[str], workers: Optional[int], progress: Optional[Progress]):
-    """Decode ``paths`` in order with a thread pool; returns (images, sha256s)."""
+class _OverMemory(Exception):
+    """Raised by a decoding thread once the decoded images pass the caller's memory limit."""
+
+    def __init__(self, done: int, used: int):
+        super().__init__(done, used)
+        self.done, self.used = done, used
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still take: the system's available memory, or the
+    headroom of the container's (cgroup) limit where that is lower; None where neither can be
+    read (no check is made then)."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, current in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                           ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f:
+                cap = f.read().strip()
+            with open(current) as f:
+                used = int(f.read().strip())
+            if cap != "max" and int(cap) < 1 << 60:  # cgroup v1 writes a huge number for "no limit"
+                found.append(max(0, int(cap) - used))
+        except (OSError, ValueError):
+            continue
+    if not found and hasattr(os, "sysconf"):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    return min(found) if found else None
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """What a caller will hold per decoded byte, so a folder too large for this machine fails
+    with a one-line error while decoding, not with the operating system ending the process.
+
+    Args:
+        factor: bytes the caller needs per decoded image byte (e.g. 3 for ``protect``: the
+            images, their perturbation and the protected copy, all alive at once).
+        task: what needs them, for the message (``"protecting them"``).
+        advice: what to do instead, for the message.
+    """
+
+    factor: float
+    task: str
+    advice: str
+
+    def error(self, root: str, n: int, over: "_OverMemory", available: int) -> UnlearnableError:
+        total = over.used * n / max(1, over.done)  # extrapolated from the images read so far
+        return UnlearnableError(
+            f"{root}: its {n} images decode to about {_bytes(total)}; {self.task} needs at least "
+            f"{self.factor:g}× that ({_bytes(self.factor * total)}) and this machine has {_bytes(available)} "
+            f"available: {self.advice}")
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1024 ** 3), ("MB", 1024 ** 2)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1024:.0f} kB"
+
+
+def _decode_files(paths: Sequence[str], workers: Optional[int], progress: Optional[Progress],
+                  max_bytes: Optional[int] = None):
+    """Decode ``paths`` in order with a thread pool; returns (images, sha256s).
+
+    With ``max_bytes``, stops with :class:`_OverMemory` once the decoded images pass it."""
     n = len(paths)
     workers = _default_workers() if workers is None else int(workers)
     if workers < 1:
@@ -258,6 +333,8 @@ def _decode_files(paths: Sequence[str], workers: Optional[int], progress: Option
     chunk = max(16, min(256, n // (workers * 8) or 1))
     starts = list(range(0, n, chunk))
     stop = False
+    used = [0, 0]  # decoded bytes, images
+    lock = threading.Lock()
 
     def work(start: int) -> int:
         end = min(start + chunk, n)
@@ -265,6 +342,12 @@ def _decode_files(paths: Sequence[str], workers: Optional[int], progress: Option
             if stop:
                 break
             arrays[i], digests[i] = _read_image(paths[i])
+            if max_bytes is not None:
+                with lock:
+                    used[0] += arrays[i].nbytes
+                    used[1] += 1
+                    if used[0] > max_bytes:
+                        raise _OverMemory(used[1], used[0])
         return end
 
     if progress is not None:
@@ -435,9 +518,14 @@ def _scan_image_folder(root: str, labels: str):
     return classes, files, label_of
 
 
-def _load_image_folder(root: str, labels: str, workers, progress) -> ImageSet:
+def _load_image_folder(root: str, labels: str, workers, progress, memory: Optional[MemoryCheck] = None) -> ImageSet:
     classes, files, label_of = _scan_image_folder(root, labels)
-    images, digests = _decode_files([p for _, p in files], workers, progress)
+    available = available_memory() if memory is not None else None
+    try:
+        images, digests = _decode_files([p for _, p in files], workers, progress,
+                                        max_bytes=None if available is None else int(available / memory.factor))
+    except _OverMemory as over:
+        raise memory.error(root, len(files), over, available) from None
     ids = [rel for rel, _ in files]
     resolved = Path(os.path.realpath(root))
     if classes is None:
@@ -750,6 +838,7 @@ def load_images(
     labels: str = "auto",
     workers: Optional[int] = None,
     progress: Optional[Progress] = None,
+    memory: Optional[MemoryCheck] = None,
 ) -> ImageSet:
     """Load a dataset from ``path`` (see the module docstring for the accepted layouts).
 
@@ -762,6 +851,8 @@ def load_images(
             class folders / labels).
         workers: decoding threads (default ``min(8, cpu_count)``).
         progress: optional ``progress(done, total)`` callback, called from this thread.
+        memory: for image folders, stop with a one-line error once the decoded images pass
+            the share of the available memory this check allows (:class:`MemoryCheck`).
     """
     if labels not in LABEL_MODES:
         raise UnlearnableError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
@@ -780,7 +871,7 @@ def load_images(
                     f"split '{name}' not found in {parent}; available: {', '.join(sorted(folders))}"
                 )
             where = folders[name]
-        return _load_image_folder(where, labels, workers, progress)
+        return _load_image_folder(where, labels, workers, progress, memory)
     if progress is not None:
         progress(len(result), len(result))
     return result
