@@ -186,6 +186,16 @@ def test_a_stored_run_is_replaced_not_duplicated(tmp_path):
         assert "reused" not in runs[0]
         with pytest.raises(ValueError):
             db.add_run({**rec, "run_key": None}, dataset="d")
+        # Another process holding the file's write lock past the timeout: a one-line error.
+        db.conn.execute("PRAGMA busy_timeout = 50")
+        other = sqlite3.connect(tmp_path / "r.db")
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(UnlearnableError, match="cannot write to .*locked"):
+            db.add_run(rec, dataset="d", method="m", budget="8/255", method_seed=2)
+        other.rollback()
+        other.close()
+        db.add_run(rec, dataset="d", method="m", budget="8/255", method_seed=2)
+        assert len(db.runs()) == 3
 
 
 # -- reports -------------------------------------------------------------------------------

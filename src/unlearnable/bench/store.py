@@ -82,7 +82,8 @@ class ResultsDB:
         elif self.path.is_dir():
             raise UnlearnableError(f"{self.path} is a folder, not a results database")
         try:
-            self.conn = sqlite3.connect(str(self.path))
+            # Another process writing the same file holds its lock for one commit: wait for it.
+            self.conn = sqlite3.connect(str(self.path), timeout=60)
             with self.conn:
                 self.conn.executescript(_SCHEMA)
                 row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -120,8 +121,7 @@ class ResultsDB:
                rec.get("recipe"), rec.get("seed"), rec["trained_on"], rec.get("acc"), rec.get("final_acc"),
                rec.get("best_acc"), rec.get("seconds"), rec.get("device"), _version(), _now(),
                json.dumps(rec, default=str))
-        with self.conn:
-            self.conn.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(row))})", row)
+        self._insert("runs", row)
 
     def add_generation(self, gen_key: str, *, dataset: str, method: str, budget: str, method_seed: int,
                        n_images: int, seconds: float, device: str, linf_max: Optional[float],
@@ -129,8 +129,14 @@ class ResultsDB:
         """Store how a protected set was made (time, device, norms, hyperparameters)."""
         row = (gen_key, dataset, method, budget, int(method_seed), int(n_images), float(seconds), device,
                linf_max, _version(), _now(), json.dumps(record, default=str))
-        with self.conn:
-            self.conn.execute(f"INSERT OR REPLACE INTO generations VALUES ({','.join('?' * len(row))})", row)
+        self._insert("generations", row)
+
+    def _insert(self, table: str, row: tuple) -> None:
+        try:
+            with self.conn:  # one transaction per row: an interruption keeps every finished one
+                self.conn.execute(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * len(row))})", row)
+        except sqlite3.OperationalError as e:  # locked past the timeout, disk full, read-only file
+            raise UnlearnableError(f"cannot write to {self.path}: {e}") from None
 
     # -- reading ---------------------------------------------------------------------------
     def runs(self, **where: Any) -> List[Dict[str, Any]]:
@@ -149,9 +155,6 @@ class ResultsDB:
             out.append(d)
         return out
 
-    def has_generation(self, gen_key: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM generations WHERE gen_key = ?", (gen_key,)).fetchone() is not None
-
     def run_table(self, **where: Any) -> List[Dict[str, Any]]:
         """The indexed columns of stored runs, one dict per row (what the CSV export writes)."""
         return [dict(zip(RUN_COLUMNS, row)) for row in self._select("runs", RUN_COLUMNS, where)]
@@ -163,7 +166,10 @@ class ResultsDB:
             raise UnlearnableError(f"cannot filter {table} on {bad[0]!r}; columns: {', '.join(allowed)}")
         clause = " AND ".join(f"{k} = ?" for k in where)
         sql = f"SELECT {', '.join(columns)} FROM {table}" + (f" WHERE {clause}" if clause else "") + " ORDER BY rowid"
-        return self.conn.execute(sql, tuple(where.values())).fetchall()
+        try:
+            return self.conn.execute(sql, tuple(where.values())).fetchall()
+        except sqlite3.OperationalError as e:
+            raise UnlearnableError(f"cannot read {self.path}: {e}") from None
 
 
 def _version() -> str:
