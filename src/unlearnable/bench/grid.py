@@ -103,7 +103,7 @@ def load_grid(path) -> Grid:
     else:
         try:
             import yaml
-        except ImportError:  # pragma: no cover - PyYAML is a dependency
+        except ImportError:  # a dependency, but a bare machine (a lent GPU) may lack it
             raise UnlearnableError(f"reading {p} needs PyYAML (pip install pyyaml), or write the grid as JSON") from None
         try:
             data = yaml.safe_load(text)
