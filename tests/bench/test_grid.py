@@ -296,3 +296,13 @@ def test_an_interrupted_generation_resumes_from_its_checkpoint(tmp_path):
     name = next(iter(full))
     assert (load_images(tmp_path / "cut" / name).stacked() == load_images(tmp_path / "full" / name).stacked()).all()
     assert not any((tmp_path / "cut" / "work").rglob("*.pt"))
+
+
+def test_generation_records_keep_what_json_holds(tmp_path):
+    # PIL's last_run holds its surrogate's weights: the record keeps the numbers, not tensors.
+    grid = grid_from_dict({**GRID, "methods": ["pil:surrogate_epochs=1,steps=2"], "defenses": ["none"]})
+    with ResultsDB(tmp_path / "r.db") as db:
+        run_grid(grid, db, device="cpu")
+        run = db.generations()[0]["record"]["run"]
+    assert "surrogate" not in run and run["surrogate_epochs"] == 1 and run["working_size"] == [16, 16]
+    assert isinstance(run["surrogate_train_acc"], float)

@@ -308,17 +308,35 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
                                       "budget": res.budget.to_dict(), "seed": mseed, "norms": res.norms,
                                       "data_fingerprint": data_fp,
                                       # rounds/passes it took, whether it resumed (optimising methods)
-                                      "run": getattr(method, "last_run", None)})
+                                      "run": _plain(getattr(method, "last_run", None))})
             counts["generated"] += 1
             log(f"  protected {len(train)} images in {res.seconds:.1f} s")
         cell = {"method": spec, "budget": blabel, "method_seed": mseed}
         for recipe, arch in itertools.product(prep.recipes, grid.archs):
             run_audit(protected, test, clean=train, defenses=grid.defenses, arch=arch, recipe=recipe,
                       seed=grid.seeds, device=dev, size=grid.size, progress=progress, on_result=stored(cell),
-                      reuse=db.runs(dataset=grid.label))
+                      reuse=db.runs())  # run keys identify runs across data set names
     counts["seconds"] = time.perf_counter() - t0
     counts["records"] = records
     return counts
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with what JSON cannot hold as numbers or text (tensors, arrays) left out."""
+    if isinstance(value, dict):
+        kept = {k: _plain(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not _DROP}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _DROP if any(v is _DROP for v in items) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # NumPy / torch scalars
+        return value.item()
+    return _DROP
+
+
+_DROP = object()
 
 
 def _cache_file(cache: Path, key: str) -> Path:
