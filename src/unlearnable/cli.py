@@ -135,6 +135,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     log = AuditLog(args.json, resume=args.resume, overwrite=args.overwrite, reuse=args.reuse or ())
     if args.markdown:
         check_writable(args.markdown)
+    db = None
+    if args.db:
+        from .bench import ResultsDB
+
+        db = ResultsDB(args.db)
+        cell = _audit_cell(args.protected)
+        label = Path(args.clean or args.protected).expanduser().resolve().name
+
+        def keep(record):
+            log.add(record)
+            db.add_run(record, dataset=label, **cell)
     from .protect import load_protected
 
     protected = load_protected(args.protected, split="train")
@@ -156,11 +167,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
             records = run_audit(protected, test, clean=clean, defenses=defenses, arch=args.arch,
                                 recipe=auto_recipe(args.recipe, args.device),
                                 epochs=args.epochs, seed=seeds, device=args.device, size=args.size,
-                                progress=ui, on_result=log.add, reuse=log.earlier)
+                                progress=ui, on_result=keep if db else log.add,
+                                reuse=log.earlier + (db.runs() if db else []))
     except KeyboardInterrupt:
         if args.json and log.records:
             _print(f"{len(log.records)} finished runs are in {args.json}; the same command with --resume continues")
+        elif db and log.records:
+            _print(f"{len(log.records)} finished runs are in {args.db}; the same command continues")
         raise
+    finally:
+        if db:
+            db.close()
     n_reused = sum(1 for r in records if r.get("reused"))
     if n_reused:
         _print(f"reused {n_reused} of {len(records)} runs from earlier records (same data, defense, recipe, seed)")
@@ -175,6 +192,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for w in best_epoch_warnings(records):
         _print(f"warning: {w}")
     return 0
+
+
+def _audit_cell(protected_path: str) -> Dict[str, Any]:
+    """Method, budget and seed of a protected set, for its rows in a results database: from
+    its manifest (our outputs and imported poisons), else named after the file or folder."""
+    from .bench.grid import budget_label
+    from .budget import Budget
+    from .protect import MANIFEST, read_manifest
+
+    p = Path(protected_path).expanduser()
+    if p.is_dir() and (p / MANIFEST).is_file():
+        m = read_manifest(p)
+        b = m.get("budget") or {}
+        try:
+            budget = budget_label(Budget.parse(b.get("spec") or str(b.get("eps")), default_norm=b.get("norm", "linf")))
+        except UnlearnableError:
+            budget = b.get("norm") or ""
+        seed = m.get("seed")
+        return {"method": str(m.get("method") or p.name), "budget": budget,
+                "method_seed": int(seed) if isinstance(seed, int) else -1}
+    return {"method": p.resolve().name, "budget": "", "method_seed": -1}
 
 
 def _aligned_pair(protected_path: str, clean_path: str, split: str):
@@ -516,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier audit's JSON whose matching runs (same data, defense, recipe, seed, size, "
                         "device type) are taken as they are, e.g. the clean baselines; repeatable")
     a.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
+    a.add_argument("--db", default=None, metavar="FILE",
+                   help="also store every run in a results database (as `unlearnable grid` does), under the method, "
+                        "budget and seed of the protected set's manifest; runs it already holds are not trained again "
+                        "(`unlearnable report FILE` prints them beside other poisons)")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_audit)
 

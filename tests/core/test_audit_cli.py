@@ -340,3 +340,34 @@ def test_audit_resume_and_reuse(tmp_path, capsys, monkeypatch):
     assert main(["audit", str(prot_b), *common, "--resume"]) == 2
     assert "--json" in capsys.readouterr().err
     assert audit_mod.fingerprint(np.zeros(3)) != audit_mod.fingerprint(np.zeros(4))
+
+
+def test_audit_into_a_results_database(tmp_path, capsys, monkeypatch):
+    from unlearnable.bench import ResultsDB
+    from unlearnable.train import engine
+
+    train = colour_folder(tmp_path / "train")
+    test = colour_folder(tmp_path / "test", n_per_class=6, seed=1)
+    prot_a, prot_b = tmp_path / "pa", tmp_path / "pb"
+    assert main(["protect", str(train), "--out", str(prot_a), "--method", "regions-4", "--quiet"]) == 0
+    assert main(["protect", str(train), "--out", str(prot_b), "--method", "random-classwise", "--eps", "4/255",
+                 "--seed", "3", "--quiet"]) == 0
+    db = tmp_path / "r.db"
+    common = ["--clean", str(train), "--test", str(test), "--defenses", "none,standard", "--recipe", "cpu-small",
+              "--epochs", "1", "--quiet", "--db", str(db)]
+    real, trained = engine.train_victim, []
+    monkeypatch.setattr(engine, "train_victim", lambda *a, **k: trained.append(1) or real(*a, **k))
+    assert main(["audit", str(prot_a), *common]) == 0
+    assert main(["audit", str(prot_b), *common]) == 0
+    assert len(trained) == 6  # the second poison's clean baselines come from the database
+    assert main(["audit", str(prot_b), *common]) == 0
+    assert len(trained) == 6
+    capsys.readouterr()
+    with ResultsDB(db) as d:
+        cells = {(r["method"], r["budget"], r["method_seed"], r["trained_on"]) for r in d.runs()}
+        assert cells == {("", "", -1, "clean"), ("regions-4", "8/255", 0, "protected"),
+                         ("random-classwise", "4/255", 3, "protected")}
+        assert {r["dataset"] for r in d.runs()} == {"train"}
+    assert main(["report", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "regions-4 acc %" in out and "random-classwise acc %" in out
