@@ -422,7 +422,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .bench import ResultsDB, report_markdown, runs_csv
 
-    for path in (args.markdown, args.csv):
+    for path in (args.markdown, args.csv, args.plot):
         if path:
             from .data.save import check_writable
 
@@ -431,6 +431,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = report_markdown(db, dataset=args.dataset)
         if args.csv:
             _write_text(args.csv, runs_csv(db))
+        if args.plot:
+            from .bench.report import plot_report
+
+            plot_report(db, args.plot, dataset=args.dataset)
     print(text)
     if args.markdown:
         _write_text(args.markdown, text)
@@ -627,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", default=None, help="only this data set")
     r.add_argument("--markdown", default=None, metavar="FILE", help="also write the report as Markdown")
     r.add_argument("--csv", default=None, metavar="FILE", help="write every run as a CSV row")
+    r.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw the defense tables as bar charts (needs matplotlib: the plots extra)")
     r.set_defaults(func=cmd_report)
 
     for kind in ("methods", "defenses", "models", "recipes"):

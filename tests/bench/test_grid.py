@@ -306,3 +306,20 @@ def test_generation_records_keep_what_json_holds(tmp_path):
         run = db.generations()[0]["record"]["run"]
     assert "surrogate" not in run and run["surrogate_epochs"] == 1 and run["working_size"] == [16, 16]
     assert isinstance(run["surrogate_train_acc"], float)
+
+
+def test_report_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({**GRID, "seeds": [0, 1]}))
+    assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--device", "cpu", "--quiet"]) == 0
+    png = tmp_path / "table.png"
+    assert main(["report", str(tmp_path / "r.db"), "--plot", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 500
+    ResultsDB(tmp_path / "empty.db").close()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "empty.db"), "--plot", str(tmp_path / "e.png")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err and not (tmp_path / "e.png").exists()

@@ -61,14 +61,10 @@ def tsne_plot(features: np.ndarray, labels, path: Union[str, Path], *, n: int = 
     Raises:
         UnlearnableError: matplotlib is missing, or the folder of ``path`` does not exist.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UnlearnableError("the t-SNE plot needs matplotlib: pip install 'unlearnable[plots]'") from None
     from ..data.save import check_writable
+    from ..plotting import pyplot, save_figure
+
+    plt = pyplot("the t-SNE plot")
 
     p = check_writable(path)
     emb, y, _ = tsne_embedding(features, labels, n=n, seed=seed, perplexity=perplexity)
@@ -85,7 +81,8 @@ def tsne_plot(features: np.ndarray, labels, path: Union[str, Path], *, n: int = 
         if len(np.unique(y)) <= 20:
             ax.legend(markerscale=3, fontsize=7, loc="best")
         fig.tight_layout()
-        fig.savefig(p, format="png")
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    save_figure(fig, p)
     return emb

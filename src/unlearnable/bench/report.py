@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,10 +42,29 @@ def _cell_of(r: Dict[str, Any]) -> Tuple[str, str, int]:
     return (r.get("method") or "", r.get("budget") or "", int(r.get("method_seed", 0) or 0))
 
 
-def defense_table(records: List[Dict[str, Any]], defenses: Optional[Sequence[str]] = None) -> str:
-    """Markdown: a row per defense, the clean victim's accuracy, run seconds and cost relative
-    to ``none``, then a column per protected set (mean ± sd over victim seeds), and a last row
-    with each set's recovered accuracy.
+@dataclass
+class TableData:
+    """The numbers of a defense table, for Markdown and for plots alike.
+
+    Attributes:
+        defenses: row order.
+        columns: column labels, one per protected set (:func:`column_labels`).
+        clean: per defense, the clean victims' :func:`~unlearnable.audit.summarize` row.
+        protected: per column, per defense, the protected victims' summary row.
+        seconds: per defense, the clean victims' mean run seconds.
+        recovered: per column, :func:`~unlearnable.audit.recovered_accuracy` (None without runs).
+    """
+
+    defenses: List[str]
+    columns: List[str]
+    clean: Dict[str, Dict[str, Any]]
+    protected: Dict[str, Dict[str, Dict[str, Any]]]
+    seconds: Dict[str, float]
+    recovered: Dict[str, Optional[Dict[str, Any]]]
+
+
+def table_data(records: List[Dict[str, Any]], defenses: Optional[Sequence[str]] = None) -> TableData:
+    """Summarise audit records into a :class:`TableData`.
 
     Args:
         records: audit records (:func:`unlearnable.audit.run_audit`); protected ones carry
@@ -57,31 +77,41 @@ def defense_table(records: List[Dict[str, Any]], defenses: Optional[Sequence[str
     unique = list({r.get("run_key") or id(r): r for r in records if r["trained_on"] == "clean"}.values())
     clean = {row["defense"]: row for row in summarize(unique)}
     labels = column_labels(records)
-    prot_recs: Dict[Tuple[str, str, int], List[Dict[str, Any]]] = {c: [] for c in labels}
+    prot_recs: Dict[str, List[Dict[str, Any]]] = {label: [] for label in labels.values()}
     for r in records:
         if r["trained_on"] == "protected":
-            prot_recs[_cell_of(r)].append(r)
-    prot = {c: {row["defense"]: row for row in summarize(rs)} for c, rs in prot_recs.items()}
-    secs = {d: float(np.mean([r["seconds"] for r in unique if r["defense"] == d])) for d in clean}
-    if defenses is None:
-        defenses = list(dict.fromkeys(r["defense"] for r in records))
+            prot_recs[labels[_cell_of(r)]].append(r)
+    return TableData(
+        defenses=list(defenses) if defenses is not None else list(dict.fromkeys(r["defense"] for r in records)),
+        columns=list(prot_recs), clean=clean,
+        protected={c: {row["defense"]: row for row in summarize(rs)} for c, rs in prot_recs.items()},
+        seconds={d: float(np.mean([r["seconds"] for r in unique if r["defense"] == d])) for d in clean},
+        recovered={c: recovered_accuracy(rs) for c, rs in prot_recs.items()})
+
+
+def defense_table(records: List[Dict[str, Any]], defenses: Optional[Sequence[str]] = None) -> str:
+    """Markdown: a row per defense, the clean victim's accuracy, run seconds and cost relative
+    to ``none``, then a column per protected set (mean ± sd over victim seeds), and a last row
+    with each set's recovered accuracy. Arguments as :func:`table_data`.
+    """
+    t = table_data(records, defenses)
 
     def cell(row, on):
         if row is None or f"{on}_final" not in row:
             return "—"
         return _pct(row[f"{on}_final"]) + (f" ± {100 * row[f'{on}_sd']:.2f}" if row[f"{on}_n"] > 1 else "")
 
-    base = secs.get("none")
-    head = ["defense", "clean acc %", "clean run s", "× none"] + [f"{labels[c]} acc %" for c in labels]
+    base = t.seconds.get("none")
+    head = ["defense", "clean acc %", "clean run s", "× none"] + [f"{c} acc %" for c in t.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for d in defenses:
-        ratio = f"{secs[d] / base:.2f}" if base and d in secs else "—"
-        cells = [d, cell(clean.get(d), "clean"), f"{secs[d]:.1f}" if d in secs else "—", ratio]
-        cells += [cell(prot[c].get(d), "protected") for c in labels]
+    for d in t.defenses:
+        ratio = f"{t.seconds[d] / base:.2f}" if base and d in t.seconds else "—"
+        cells = [d, cell(t.clean.get(d), "clean"), f"{t.seconds[d]:.1f}" if d in t.seconds else "—", ratio]
+        cells += [cell(t.protected[c].get(d), "protected") for c in t.columns]
         lines.append("| " + " | ".join(cells) + " |")
     rec = ["**recovered**", "", "", ""]
-    for c in labels:
-        best = recovered_accuracy(prot_recs[c])
+    for c in t.columns:
+        best = t.recovered[c]
         rec.append(f"{_pct(best['final_acc'])} ({best['defense']})" if best else "—")
     lines.append("| " + " | ".join(rec) + " |")
     return "\n".join(lines)
@@ -109,23 +139,30 @@ def generation_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _groups(db: ResultsDB, dataset: Optional[str]):
+    """Runs per (data set, recipe, architecture): the numbers that compare with each other."""
+    runs = db.runs(**({"dataset": dataset} if dataset else {}))
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r.get("recipe") or "?", r.get("arch") or "?"), []).append(r)
+    return groups
+
+
 def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
     """Every table the database holds: per data set, its generations, then a defense table per
     (recipe, architecture), with what the numbers are (credited accuracy on the clean test set)."""
-    runs = db.runs(**({"dataset": dataset} if dataset else {}))
-    if not runs:
+    groups = _groups(db, dataset)
+    if not groups:
         return "no runs stored" + (f" for data set {dataset!r}" if dataset else "") + "\n"
     out: List[str] = []
-    for ds in dict.fromkeys(r["dataset"] for r in runs):
+    for ds in dict.fromkeys(k[0] for k in groups):
         out.append(f"## {ds}\n")
         gens = db.generations(dataset=ds)
         if gens:
             out.append("Protected sets:\n\n" + generation_table(gens) + "\n")
-        mine = [r for r in runs if r["dataset"] == ds]
-        groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
-        for r in mine:
-            groups.setdefault((r.get("recipe") or "?", r.get("arch") or "?"), []).append(r)
-        for (recipe, arch), rs in groups.items():
+        for (d, recipe, arch), rs in groups.items():
+            if d != ds:
+                continue
             devices = sorted({r.get("device") or "?" for r in rs})
             seeds = sorted({r.get("seed") for r in rs if r.get("seed") is not None})
             epochs = sorted({len(r.get("curve") or []) for r in rs})
@@ -135,6 +172,53 @@ def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
                        "(final epoch; early-stop: its selected epoch); cells with several seeds are mean ± sd.\n")
             out.append(defense_table(rs) + "\n")
     return "\n".join(out)
+
+
+def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
+    """Bar charts of the defense tables: per (data set, recipe, architecture) one panel, a group
+    of bars per defense — the clean victim, then each protected set — with ± sd over victim
+    seeds as error bars. Returns the number of panels.
+
+    Raises:
+        UnlearnableError: matplotlib is missing, the folder of ``path`` does not exist, or the
+            database holds no runs (for ``dataset``).
+    """
+    from ..data.save import check_writable
+    from ..errors import UnlearnableError
+    from ..plotting import pyplot, save_figure
+
+    plt = pyplot("--plot")
+    p = check_writable(path)
+    groups = _groups(db, dataset)
+    if not groups:
+        raise UnlearnableError(f"{db.path} holds no runs" + (f" for data set {dataset!r}" if dataset else "")
+                               + ": nothing to plot")
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 3.6 * len(groups)), dpi=100, squeeze=False)
+    try:
+        for ax, ((ds, recipe, arch), rs) in zip(axes[:, 0], groups.items()):
+            t = table_data(rs)
+            series = [("clean", t.clean, "clean")] + [(c, t.protected[c], "protected") for c in t.columns]
+            width = 0.8 / len(series)
+            x = np.arange(len(t.defenses))
+            cmap = plt.get_cmap("tab10")
+            for j, (name, rows, on) in enumerate(series):
+                mean = [100 * rows[d][f"{on}_final"] if d in rows else np.nan for d in t.defenses]
+                sd = [100 * rows[d][f"{on}_sd"] if d in rows else 0.0 for d in t.defenses]
+                colour = "0.6" if on == "clean" else cmap((j - 1) % 10)
+                ax.bar(x + (j - (len(series) - 1) / 2) * width, mean, width, yerr=sd, label=name, color=colour,
+                       capsize=2 if any(sd) else 0)
+            ax.set_xticks(x)
+            ax.set_xticklabels(t.defenses, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 100)
+            ax.set_ylabel("clean test accuracy %")
+            ax.set_title(f"{ds} — recipe {recipe}, {arch}", fontsize=10)
+            ax.legend(fontsize=7, ncol=min(4, len(series)), loc="upper right")
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    save_figure(fig, p)
+    return len(groups)
 
 
 def runs_csv(db: ResultsDB) -> str:
