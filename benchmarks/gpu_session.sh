@@ -14,6 +14,8 @@
 #   pil              420 s  PIL generation on 50,000 images + a paper victim on it (target <= 15 %)
 #   defenses         540 s  the defense table under paper; carry .data/defenses.db from the last call
 #                           (fetched as defenses.db) and it resumes where that call stopped
+#   grid-screen      420 s  grids/synthetic-screen.yaml: seven methods x three defenses with screen;
+#                           resumes from .data/grids.db like `defenses`
 #
 # Needs .data/cifar10-jpeg.tar.gz (and .whl/ with the kornia wheels for UEraser) carried into the
 # call. Everything a step prints is appended to $OUT/R.md by the scripts; this script's own log is
@@ -68,7 +70,12 @@ for name in "$@"; do
       step 540 $PY benchmarks/bench_defenses.py --data "$DATA" --recipe paper --db .data/defenses.db \
         --record --results "$R"
       [ -f .data/defenses.db ] && cp .data/defenses.db "$OUT/defenses.db" ;;
+    grid-screen)
+      step 420 $PY benchmarks/bench_grid.py benchmarks/grids/synthetic-screen.yaml --data "$DATA" --db .data/grids.db \
+        --record --results "$R"
+      [ -f .data/grids.db ] && cp .data/grids.db "$OUT/grids.db" ;;
     *)
-      echo "error: unknown step '$name' (smoke, probe, short, paper-clean, paper-classwise, pil, defenses)"; exit 2 ;;
+      echo "error: unknown step '$name' (smoke, probe, short, paper-clean, paper-classwise, pil, defenses," \
+        "grid-screen)"; exit 2 ;;
   esac
 done

@@ -395,7 +395,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from .bench import ResultsDB, load_grid, report_markdown, run_grid
+    from .bench import ResultsDB, load_grid, markdown_report, run_grid
     from .progress import progress_ui
 
     grid = load_grid(args.grid)
@@ -407,7 +407,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         with progress_ui(not args.quiet) as ui:
             counts = run_grid(grid, db, cache=Path(args.cache).expanduser() if args.cache else None,
                               device=args.device, progress=ui, log=_print if not args.quiet else _warnings_only)
-        text = report_markdown(db, dataset=grid.label)
+    text = markdown_report(counts["records"], counts["generations"])
     print(text)
     if args.markdown:
         _write_text(args.markdown, text)

@@ -155,3 +155,29 @@ def test_projection_bench_smoke(tiny_npz, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fraction of each class pattern's norm left" in out and "| clean, not projected |" in out
     assert "## Orthogonal projection: what it leaves" in results.read_text()
+
+
+@pytest.mark.parametrize("grid", sorted(p.name for p in (BENCH / "grids").glob("*.yaml")))
+def test_the_benchmark_grids_are_valid(grid):
+    pytest.importorskip("yaml")
+    from unlearnable.bench import load_grid
+    from unlearnable.bench.grid import prepare
+
+    prepare(load_grid(BENCH / "grids" / grid))
+
+
+def test_grid_bench_smoke_and_record(tiny_npz, tmp_path, capsys):
+    bench = _load("bench_grid")
+    grid, results, db = tmp_path / "g.json", tmp_path / "R.md", tmp_path / "g.db"
+    grid.write_text('{"dataset": "tiny", "limit": 48, "methods": ["random-classwise", "regions-4"], '
+                    '"defenses": ["none"], "recipes": ["cpu-small:epochs=1"]}')
+    argv = [str(grid), "--data", str(tiny_npz), "--device", "cpu", "--db", str(db), "--quiet", "--record",
+            "--results", str(results)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "48 train / 32 test" in out and "2 protected sets made" in out and "3 victims trained" in out
+    assert "#### tiny" in out and "##### recipe cpu-small:epochs=1" in out and "| regions-4 | 8/255 |" in out
+    text = results.read_text()
+    assert "## Grids" in text and text.count("\n## ") == 1  # the report's headings sit below the record's
+    assert bench.main(argv) == 0
+    assert "0 victims trained, 3 reused" in capsys.readouterr().out

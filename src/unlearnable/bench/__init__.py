@@ -5,8 +5,8 @@ database (:mod:`.store`); ``unlearnable report results.db`` prints its tables (:
 """
 
 from .grid import Grid, grid_from_dict, load_grid, run_grid
-from .report import defense_table, report_markdown, runs_csv
+from .report import defense_table, markdown_report, report_markdown, runs_csv
 from .store import ResultsDB
 
-__all__ = ["Grid", "ResultsDB", "defense_table", "grid_from_dict", "load_grid", "report_markdown", "run_grid",
-           "runs_csv"]
+__all__ = ["Grid", "ResultsDB", "defense_table", "grid_from_dict", "load_grid", "markdown_report", "report_markdown",
+           "run_grid", "runs_csv"]

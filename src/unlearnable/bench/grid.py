@@ -244,8 +244,9 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
 
     Returns:
         ``generated``, ``cached`` (protected sets taken from the cache), ``trained`` and
-        ``reused`` (victim runs), ``seconds``, and ``records``: the grid's runs as stored
-        (each with its cell), clean baselines once.
+        ``reused`` (victim runs), ``seconds``; ``records``: the grid's runs as stored (each
+        with its cell), clean baselines once; ``generations``: the stored rows of its
+        protected sets (for :func:`~unlearnable.bench.report.markdown_report`).
     """
     from ..audit import run_audit
     from ..device import describe_device, resolve_device
@@ -266,6 +267,7 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
         f"up to {total} victim runs, {describe_device(dev)}")
 
     seen = set()  # clean runs come back once per protected set: count and log them once
+    keys: List[str] = []
 
     def stored(cell: Dict[str, Any]) -> Callable[[Dict[str, Any]], None]:
         def keep(record: Dict[str, Any]) -> None:
@@ -292,6 +294,7 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
         method, budget = prep.methods[spec], prep.budgets[(spec, budget_spec)]
         blabel = budget_label(budget)
         key = generation_key(method, budget, mseed, data_fp)
+        keys.append(key)
         log(f"[{i}/{len(grid.cells())}] {spec} @ {blabel}, seed {mseed}")
         protected = _cached(cache, key)
         if protected is not None and protected.ids == train.ids:
@@ -318,6 +321,8 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
                       reuse=db.runs())  # run keys identify runs across data set names
     counts["seconds"] = time.perf_counter() - t0
     counts["records"] = records
+    mine = set(keys)
+    counts["generations"] = [g for g in db.generations() if g["gen_key"] in mine]
     return counts
 
 

@@ -139,25 +139,31 @@ def generation_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _groups(db: ResultsDB, dataset: Optional[str]):
+def _groups(runs: List[Dict[str, Any]]) -> Dict[Tuple[str, str, str], List[Dict[str, Any]]]:
     """Runs per (data set, recipe, architecture): the numbers that compare with each other."""
-    runs = db.runs(**({"dataset": dataset} if dataset else {}))
     groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r.get("recipe") or "?", r.get("arch") or "?"), []).append(r)
     return groups
 
 
-def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
-    """Every table the database holds: per data set, its generations, then a defense table per
-    (recipe, architecture), with what the numbers are (credited accuracy on the clean test set)."""
-    groups = _groups(db, dataset)
+def markdown_report(runs: List[Dict[str, Any]], generations: List[Dict[str, Any]], level: int = 2) -> str:
+    """Per data set, how its protected sets were made, then a defense table per (recipe,
+    architecture), with what the numbers are (credited accuracy on the clean test set).
+
+    Args:
+        runs: run records with their cells (:meth:`ResultsDB.runs`, or a grid's ``records``).
+        generations: generation rows (:meth:`ResultsDB.generations`).
+        level: Markdown heading level of a data set (its recipes one below), so the report
+            can sit inside another document.
+    """
+    groups = _groups(runs)
     if not groups:
-        return "no runs stored" + (f" for data set {dataset!r}" if dataset else "") + "\n"
+        return "no runs\n"
     out: List[str] = []
     for ds in dict.fromkeys(k[0] for k in groups):
-        out.append(f"## {ds}\n")
-        gens = db.generations(dataset=ds)
+        out.append(f"{'#' * level} {ds}\n")
+        gens = [g for g in generations if g["dataset"] == ds]
         if gens:
             out.append("Protected sets:\n\n" + generation_table(gens) + "\n")
         for (d, recipe, arch), rs in groups.items():
@@ -166,12 +172,21 @@ def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
             devices = sorted({r.get("device") or "?" for r in rs})
             seeds = sorted({r.get("seed") for r in rs if r.get("seed") is not None})
             epochs = sorted({len(r.get("curve") or []) for r in rs})
-            out.append(f"### recipe {recipe}, {arch}\n")
+            out.append(f"{'#' * (level + 1)} recipe {recipe}, {arch}\n")
             out.append(f"Victims: {len(rs)} runs, seeds {', '.join(map(str, seeds))}, "
                        f"{'/'.join(map(str, epochs))} epochs, on {'; '.join(devices)}. Accuracy on the clean test set "
                        "(final epoch; early-stop: its selected epoch); cells with several seeds are mean ± sd.\n")
             out.append(defense_table(rs) + "\n")
     return "\n".join(out)
+
+
+def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
+    """:func:`markdown_report` of everything the database holds (for ``dataset``, if given)."""
+    where = {"dataset": dataset} if dataset else {}
+    runs = db.runs(**where)
+    if not runs:
+        return "no runs stored" + (f" for data set {dataset!r}" if dataset else "") + "\n"
+    return markdown_report(runs, db.generations(**where))
 
 
 def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
@@ -189,7 +204,7 @@ def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
 
     plt = pyplot("--plot")
     p = check_writable(path)
-    groups = _groups(db, dataset)
+    groups = _groups(db.runs(**({"dataset": dataset} if dataset else {})))
     if not groups:
         raise UnlearnableError(f"{db.path} holds no runs" + (f" for data set {dataset!r}" if dataset else "")
                                + ": nothing to plot")
