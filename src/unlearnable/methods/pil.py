@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -208,7 +208,10 @@ def pil_attack(x, y, m, eps: float, *, lam: float = 0.9, steps: int = 30, step_s
 
 def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: int = 30,
                       step_size: Optional[float] = None, batch_size: int = 1024, seed: int = 0,
-                      device: str = "cpu", progress: Progress = None, store=None):
+                      device: str = "cpu", progress: Progress = None, store=None,
+                      shapes: Optional[Sequence[Tuple[int, int]]] = None,
+                      sink: Optional[Callable[[List[int], List[np.ndarray]], None]] = None,
+                      skip: Optional[Callable[[List[int]], bool]] = None):
     """PIL's attack with δ at each image's native size, seen by the surrogate through the resize.
 
     The surrogate ``m`` works at ``hw``; it sees ``R(x − δ) = R(x) − R(δ)`` with ``R`` the
@@ -233,10 +236,17 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             once, and batches it already holds are taken from it (resume). Every image's result
             depends only on its own pixels, label and start, so a resumed pass gives the same
             bytes as an uninterrupted one.
+        shapes: the images' ``(H, W)``, when ``images`` decodes on access (a folder streamed
+            from disk): the batches are planned without touching the pixels.
+        sink: called with each finished batch's indices and δs instead of keeping them, so a
+            pass over photos that do not fit in memory holds one batch at a time.
+        skip: with ``sink``, a batch for whose indices ``skip`` is true is not attacked (its
+            results are already written: a resumed stream).
 
     Returns:
         A list of ``N`` HWC arrays: δ at native size in whole grey levels (int8,
         :func:`~unlearnable.methods.base.grey_levels`); the published image is ``clip(x − δ)``.
+        With ``sink``, an empty list.
     """
     torch = _torch()
     n, k = len(images), m.shape[0]
@@ -244,16 +254,25 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     alpha = eps / 10.0 if step_size is None else float(step_size)
     eye = torch.eye(k, device=m.device)
     cache: Dict[tuple, Any] = {}
-    out: list = [None] * n
+    out: list = [None] * n if sink is None else []
     done = 0
     if progress is not None:
         progress(0, n)
-    for k, idx in enumerate(size_batches([im.shape[:2] for im in images], batch_size)):
+    plan = size_batches(list(shapes) if shapes is not None else [im.shape[:2] for im in images], batch_size)
+    for k, idx in enumerate(plan):
         B = len(idx)
+        if skip is not None and skip(idx):
+            done += B
+            if progress is not None:
+                progress(done, n)
+            continue
         saved = store.load(f"batch{k:06d}") if store is not None else None
         if saved is not None and len(saved) == B:
-            for j, i in enumerate(idx):
-                out[i] = saved[j]
+            if sink is None:
+                for j, i in enumerate(idx):
+                    out[i] = saved[j]
+            else:
+                sink(idx, list(saved))
             done += B
             if progress is not None:
                 progress(done, n)
@@ -273,10 +292,15 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             c = _logit_grad(ld, lx, onehot, lam)
             grad = b.up((c @ m).view(B, 3, h, w))  # Rᵀ ∂L/∂R(δ), up to the positive 1/B
             delta.sub_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
-        for j, i in enumerate(idx):
-            out[i] = grey_levels(b.crop(delta, j))  # 1 byte a pixel: large photos' δ add up
+        result = [grey_levels(b.crop(delta, j)) for j in range(B)]  # 1 byte a pixel: large photos' δ add up
+        del b, delta, lo, hi
         if store is not None:
-            store.save(f"batch{k:06d}", [out[i] for i in idx])
+            store.save(f"batch{k:06d}", result)
+        if sink is None:
+            for j, i in enumerate(idx):
+                out[i] = result[j]
+        else:
+            sink(idx, result)
         done += B
         if progress is not None:
             progress(done, n)
@@ -287,6 +311,34 @@ def _default_attack_batch(device: str) -> int:
     # GPU: big batches keep the device busy (8192 × 3072 floats = 100 MB per tensor).
     # CPU: a batch whose δ, gradient and bounds stay near the caches is faster than a big one.
     return 8192 if str(device).startswith("cuda") else 512
+
+
+@dataclass
+class NativeFit:
+    """PIL after its surrogate fit (:meth:`PIL.fit_native`): what the attack needs.
+
+    Attributes:
+        hw: the working size.
+        order: the canonical order: position ``p`` holds input image ``order[p]``.
+        shapes: native ``(H, W)`` per input image (None when the set is worked at its own size).
+        x, y: working-size pixels (uint8, flattened) and labels, canonical order, on the device.
+        w1, w2, m: the surrogate's two layers and their product ``M = W2 · W1``.
+        store: the run's batch store in the work folder (None without one).
+        resumed_fit: whether the surrogate came from the store (a resumed run).
+        fit_seconds: wall time of the fit.
+    """
+
+    hw: Tuple[int, int]
+    order: np.ndarray
+    shapes: Optional[List[Tuple[int, int]]]
+    x: Any
+    y: Any
+    w1: Any
+    w2: Any
+    m: Any
+    store: Any
+    resumed_fit: bool
+    fit_seconds: float
 
 
 @register_method("pil")
@@ -358,18 +410,86 @@ class PIL(Method):
     def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
                 workdir: Optional[str] = None, progress: Progress = None) -> Deltas:
         torch = _torch()
+        data.require_labels("method 'pil'")
+        h, w = _working_size(data, self.working_size)
+        native = self.resize == "through" and not at_own_size(data, (h, w))
+        shapes = [data.shape_of(i) for i in range(len(data))] if native else None
+        f = self._fit(data, data.stacked_at((h, w)), budget, seed=seed, device=device,
+                      workdir=workdir if native else None, shapes=shapes)
+        n = len(data)
+        # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
+        inv = np.empty_like(f.order)
+        inv[f.order] = np.arange(n)
+        t1 = time.perf_counter()
+        if native:
+            # Canonical order in, canonical order out: the starts are seeded by that position.
+            done = self.attack_native(f, [data.image(int(i)) for i in f.order], budget, seed=seed, device=device,
+                                      progress=progress)
+            out = as_deltas(data, [np.negative(done[j]) for j in inv])
+        else:
+            with torch.no_grad():
+                delta = pil_attack(f.x, f.y, f.m, budget.eps, lam=self.lam, steps=self.steps,
+                                   step_size=self.step_size, seed=seed, progress=progress,
+                                   batch_size=self.attack_batch or _default_attack_batch(device))
+            out = deltas_to_native(data, delta.neg_().numpy().reshape(n, h, w, 3)[inv], "bilinear")
+        self.finish_run(f, time.perf_counter() - t1)
+        return out
+
+    # -- the native-size pass in two parts, for folders streamed from disk (protect_folder) ---
+    def fit_native(self, small: ImageSet, shapes: Sequence[Tuple[int, int]], budget: Budget, *, seed: int,
+                   device: str, workdir: Optional[str] = None) -> "NativeFit":
+        """Part one of PIL on images that do not all fit in memory: fit the surrogate.
+
+        Gives the same surrogate and, with :meth:`attack_native`, the same bytes as
+        :meth:`perturb` on the whole set in memory.
+
+        Args:
+            small: the set at the working size, resized as :meth:`ImageSet.resized` does
+                (``working_size``² for photos), with the labels and ids of the full set.
+            shapes: each image's native ``(H, W)``, in the set's order.
+            budget, seed, device: as :meth:`perturb`.
+            workdir: where the surrogate is kept, so that a resumed run attacks with it.
+        """
+        small.require_labels("method 'pil'")
+        hw = (int(self.working_size),) * 2
+        if tuple(small.shape_of(0)) != hw or not small.uniform:
+            raise ValueError(f"pil: fit_native needs the set at its working size {hw}")
+        return self._fit(small, small.stacked(), budget, seed=seed, device=device, workdir=workdir,
+                         shapes=list(shapes))
+
+    def attack_native(self, f: "NativeFit", images: Sequence[np.ndarray], budget: Budget, *, seed: int,
+                      device: str, progress: Progress = None, sink=None, skip=None) -> List[np.ndarray]:
+        """Part two: PIL's attack at native size (:func:`pil_attack_native`) on ``images`` in
+        the canonical order ``f.order`` (a sequence may decode each image on access). With
+        ``sink``, each finished batch goes there instead of being kept (no batch files are
+        written then: the caller's output is the record that a resumed run ``skip``s)."""
+        return pil_attack_native(images, f.y, f.m, budget.eps, f.hw, lam=self.lam, steps=self.steps,
+                                 step_size=self.step_size, seed=seed, batch_size=self.attack_batch or 1024,
+                                 device=device, progress=progress, store=f.store if sink is None else None,
+                                 shapes=[f.shapes[int(i)] for i in f.order] if f.shapes is not None else None,
+                                 sink=sink, skip=skip)
+
+    def finish_run(self, f: "NativeFit", attack_seconds: float) -> None:
+        """Record the run in ``last_run`` (fit and attack seconds, the surrogate and its accuracy)."""
+        self.last_run = {"fit_seconds": f.fit_seconds, "attack_seconds": attack_seconds, "working_size": f.hw,
+                         "surrogate_epochs": self.surrogate_recipe()["epochs"],
+                         "surrogate_train_acc": surrogate_accuracy(f.w1, f.w2, f.x, f.y),
+                         "surrogate": (f.w1.cpu(), f.w2.cpu()),
+                         "resumed_batches": f.store.resumed - f.resumed_fit if f.store is not None else 0}
+
+    def _fit(self, data: ImageSet, x_np: np.ndarray, budget: Budget, *, seed: int, device: str,
+             workdir: Optional[str], shapes: Optional[List[Tuple[int, int]]]) -> "NativeFit":
+        """Fit the surrogate on ``x_np`` (``data`` at the working size, in input order)."""
+        torch = _torch()
         self._check()
         labels = data.require_labels("method 'pil'")
-        h, w = _working_size(data, self.working_size)
-        x_np = data.stacked_at((h, w))
         n = len(x_np)
         order = np.argsort(np.asarray(data.ids, dtype=object), kind="stable")  # canonical: by id, not file order
         t0 = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(x_np[order]).reshape(n, -1)).to(device)  # uint8, once
         y = torch.from_numpy(labels[order]).to(device)
         k = max(data.num_classes, int(labels.max()) + 1 if n else 1)
-        native = self.resize == "through" and not at_own_size(data, (h, w))
-        store = self._store(workdir, budget, seed, x, y, data) if native else None
+        store = self._store(workdir, budget, seed, x, y, shapes) if shapes is not None else None
         saved = store.load("surrogate") if store is not None else None
         if saved is not None:  # a resumed run attacks with the very surrogate it started with
             w1, w2 = (torch.from_numpy(a).to(device) for a in saved)
@@ -379,36 +499,13 @@ class PIL(Method):
                 store.save("surrogate", [w1.cpu().numpy(), w2.cpu().numpy()])
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
-        t1 = time.perf_counter()
         with torch.no_grad():
             m = w2 @ w1
-        # Published image x' = clip(x − δ): the additive perturbation is −δ, back in input order.
-        inv = np.empty_like(order)
-        inv[order] = np.arange(n)
-        if native:
-            # Canonical order in, canonical order out: the starts are seeded by that position.
-            done = pil_attack_native([data.image(int(i)) for i in order], y, m, budget.eps, (h, w),
-                                     lam=self.lam, steps=self.steps, step_size=self.step_size, seed=seed,
-                                     batch_size=self.attack_batch or 1024, device=device, progress=progress,
-                                     store=store)
-            t2 = time.perf_counter()
-            out = as_deltas(data, [np.negative(done[j]) for j in inv])
-        else:
-            with torch.no_grad():
-                delta = pil_attack(x, y, m, budget.eps, lam=self.lam, steps=self.steps, step_size=self.step_size,
-                                   batch_size=self.attack_batch or _default_attack_batch(device), seed=seed,
-                                   progress=progress)
-            t2 = time.perf_counter()
-            out = deltas_to_native(data, delta.neg_().numpy().reshape(n, h, w, 3)[inv], "bilinear")
-        self.last_run = {"fit_seconds": t1 - t0, "attack_seconds": t2 - t1, "working_size": (h, w),
-                         "surrogate_epochs": self.surrogate_recipe()["epochs"],
-                         "surrogate_train_acc": surrogate_accuracy(w1, w2, x, y),
-                         "surrogate": (w1.cpu(), w2.cpu()),
-                         "resumed_batches": store.resumed - (saved is not None) if store is not None else 0}
-        return out
+        return NativeFit(hw=tuple(x_np.shape[1:3]), order=order, shapes=shapes, x=x, y=y, w1=w1, w2=w2, m=m,
+                         store=store, resumed_fit=saved is not None, fit_seconds=time.perf_counter() - t0)
 
-    def _store(self, workdir: Optional[str], budget: Budget, seed: int, x, y, data: ImageSet):
-        """Where the native-size pass of a large-photo folder keeps its finished batches."""
+    def _store(self, workdir: Optional[str], budget: Budget, seed: int, x, y, shapes: List[Tuple[int, int]]):
+        """Where the native-size pass of a large-photo folder keeps its surrogate and finished batches."""
         import hashlib
 
         from .optim import Checkpoint, run_signature
@@ -418,5 +515,5 @@ class PIL(Method):
         h = hashlib.blake2b(digest_size=16)  # the data: working-size pixels, labels, native sizes
         h.update(x.cpu().numpy().tobytes())
         h.update(y.cpu().numpy().astype(np.int64).tobytes())
-        h.update(str([data.shape_of(i) for i in range(len(data))]).encode())
+        h.update(str([tuple(int(v) for v in s) for s in shapes]).encode())
         return Checkpoint(workdir, "pil-native", run_signature(self, budget, seed, h.hexdigest())).batch_store()
