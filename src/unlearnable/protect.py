@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import __version__
 from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
-from .data.load import MemoryCheck
-from .data.imageset import ImageSet
+from .data.load import FolderIndex, MemoryCheck, decode_files, index_images
+from .data.imageset import ImageSet, resize_image
 from .data.save import (atomic_write, atomic_write_json, check_npz_destination, export_npz,
                         move_into_place, output_names, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
@@ -157,9 +157,17 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     method = create_method(job.method, **(job.params or {}))
     budget = method.parse_budget(job.budget)
     t_load = time.perf_counter()
-    data = load_images(inp, split=job.split, labels=job.labels, progress=progress("load") if progress else None,
-                       memory=PROTECT_MEMORY)
-    log(f"loaded {data.summary()} from {data.root or inp} in {time.perf_counter() - t_load:.1f}s")
+    index = _stream_index(job, method, inp)
+    stream = _load_small(index, method.working_size, progress) if index is not None else None
+    if stream is not None:
+        data = stream.small
+        log(f"read {len(data)} images from {data.root} in {time.perf_counter() - t_load:.1f}s: kept at "
+            f"{method.working_size}x{method.working_size} for the surrogate, protected at their own sizes a batch "
+            "at a time")
+    else:
+        data = load_images(inp, split=job.split, labels=job.labels, progress=progress("load") if progress else None,
+                           memory=PROTECT_MEMORY)
+        log(f"loaded {data.summary()} from {data.root or inp} in {time.perf_counter() - t_load:.1f}s")
     names = output_names(data.ids)
 
     run_info = {
@@ -191,11 +199,13 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
         atomic_write_json(part / _RUN, {"run": run_info})
 
     try:
+        if stream is not None:
+            return _run_streaming(job, method, budget, stream, names, out, part, progress, log)
         return _run_in_partial(job, method, budget, data, names, inp, out, part, run_info, npz_path, progress, log)
     except KeyboardInterrupt:
         raise UnlearnableError(f"interrupted; {part} kept: rerun with --resume to continue") from None
     except BaseException:
-        if created_here and not (part / _STAGE).exists():
+        if created_here and not (part / _STAGE).exists() and not (part / _JOURNAL).exists():
             shutil.rmtree(part, ignore_errors=True)
         raise
 
@@ -229,13 +239,7 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
         log(warning)
     # Resume: skip files the journal records as written and still present.
     journal = part / _JOURNAL
-    done: Dict[int, str] = {}
-    if journal.exists():
-        index = {n: i for i, n in enumerate(names)}
-        for line in journal.read_text().splitlines():
-            parts = line.split("\t")
-            if len(parts) == 2 and parts[0] in index and (part / parts[0]).exists():
-                done[index[parts[0]]] = parts[1]
+    done, _ = _read_journal(journal, names, part)
     with open(journal, "a", buffering=1) as jf:
         def record(i: int, digest: str) -> None:
             jf.write(f"{names[i]}\t{digest}\n")
@@ -255,8 +259,166 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
     return manifest
 
 
+def _read_journal(journal: Path, names: List[str], part: Path) -> Tuple[Dict[int, str], Dict[int, Dict[str, float]]]:
+    """The PNGs an interrupted run wrote and that are still there: ``{index: sha256}``, and
+    ``{index: measured change}`` for the lines that carry it (streamed runs write it)."""
+    done: Dict[int, str] = {}
+    norms: Dict[int, Dict[str, float]] = {}
+    if not journal.exists():
+        return done, norms
+    index = {n: i for i, n in enumerate(names)}
+    for line in journal.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) not in (2, 3) or parts[0] not in index or not (part / parts[0]).exists():
+            continue
+        i = index[parts[0]]
+        done[i] = parts[1]
+        if len(parts) == 3:
+            try:
+                norms[i] = {k: float(v) for k, v in json.loads(parts[2]).items()}
+            except (ValueError, AttributeError):
+                del done[i]  # a torn line: write the file again
+    return done, norms
+
+
+#: Folders whose first image is larger than this on a side are protected as a stream when the
+#: method can (:attr:`Method.streams`): photos, decoded a batch at a time instead of held in
+#: memory whole. Sets of small images (CIFAR-like) are loaded whole: that is cheap, and faster.
+STREAM_MIN_SIDE = 64
+
+
+def _stream_index(job: ProtectJob, method, inp: Path) -> Optional[FolderIndex]:
+    """The folder to protect as a stream, or None to load it whole (a container file, unlabelled
+    input, an NPZ export, a method that cannot stream, small images)."""
+    if not method.streams or job.npz is not None:
+        return None
+    index = index_images(inp, split=job.split, labels=job.labels)
+    if index is None or not index.labelled or not index.files:
+        return None
+    first, _ = decode_files(index.paths[:1], workers=1)
+    return index if max(first[0].shape[:2]) > STREAM_MIN_SIDE else None
+
+
+@dataclass
+class _Stream:
+    """A folder being protected as a stream: its files, its images at the working size (with
+    the ids, labels and hashes of the full set) and each image's native size."""
+
+    index: FolderIndex
+    small: ImageSet
+    shapes: List[Tuple[int, int]]
+
+
+def _load_small(index: FolderIndex, side: int, progress: ProgressFactory, chunk: int = 16) -> Optional[_Stream]:
+    """Decode the folder a few images at a time, keeping each resized to ``side``² and its
+    native size; None when the policy works the images at their own size (one small size:
+    such a set fits in memory and is loaded whole)."""
+    from .methods.base import working_size_of
+
+    paths = index.paths
+    n = len(paths)
+    small = np.empty((n, side, side, 3), np.uint8)
+    shapes: List[Tuple[int, int]] = []
+    digests: List[str] = []
+    tick = progress("load") if progress else None
+    for s in range(0, n, chunk):
+        images, sha = decode_files(paths[s:s + chunk])
+        for j, im in enumerate(images):
+            small[s + j] = resize_image(im, (side, side))
+            shapes.append(tuple(im.shape[:2]))
+        digests += sha
+        if tick:
+            tick(min(s + chunk, n), n)
+    if len(set(shapes)) == 1 and working_size_of(shapes, side) == shapes[0]:
+        return None
+    return _Stream(index, index.imageset(small, digests), shapes)
+
+
+class _Natives:
+    """The images of a streamed folder in the attack's order, decoded when asked for and kept
+    until their batch is written; checked against the hashes read before the attack."""
+
+    def __init__(self, stream: _Stream, order: np.ndarray):
+        self.stream, self.order = stream, order
+        self.held: Dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, p: int) -> np.ndarray:
+        if p not in self.held:
+            j = int(self.order[p])
+            images, sha = decode_files([self.stream.index.paths[j]], workers=1)
+            if sha[0] != self.stream.small.sha256[j]:
+                raise UnlearnableError(f"{self.stream.index.paths[j]} changed while it was being protected; "
+                                       "rerun with --overwrite")
+            self.held[p] = images[0]
+        return self.held[p]
+
+    def pop(self, p: int) -> np.ndarray:
+        image = self[p]
+        del self.held[p]
+        return image
+
+
+def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, names: List[str], out: Path,
+                   part: Path, progress: ProgressFactory, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Protect a folder too large for memory: the surrogate is fitted on the working-size set,
+    then each batch of images is decoded, attacked at native size, quantised by the shared
+    rule, measured, checked against the budget and written before the next is decoded. The
+    journal records every PNG with its measured change, so ``--resume`` skips finished batches.
+    Same bytes as the in-memory path (:meth:`Method.protect`)."""
+    from .device import describe_device, resolve_device
+
+    data = stream.small
+    dev = str(resolve_device(job.device))
+    t0 = time.perf_counter()
+    work = part / _WORK
+    work.mkdir(exist_ok=True)
+    fit = method.fit_native(data, stream.shapes, budget, seed=job.seed, device=dev, workdir=str(work))
+    journal = part / _JOURNAL
+    done, per_image = _read_journal(journal, names, part)
+    if done:
+        log(f"resuming: {len(done)} of {len(names)} images already written")
+    natives = _Natives(stream, fit.order)
+    with open(journal, "a", buffering=1) as jf:
+        def sink(idx: List[int], deltas: List[np.ndarray]) -> None:
+            js = [int(fit.order[p]) for p in idx]
+            clean = [natives.pop(p) for p in idx]
+            batch = ImageSet(clean, None, [], [data.ids[j] for j in js])
+            protected = method.apply(batch, [np.negative(d) for d in deltas], budget)
+            measured = measure_set(clean, protected)
+            for j, r in zip(js, measured):
+                if not budget.allows(r):  # a method bug, as in Method.protect
+                    raise RuntimeError(f"{method.registry_name} violated its budget {budget.describe()} on "
+                                       f"{data.ids[j]}: {r}")
+
+            def record(i: int, digest: str) -> None:
+                jf.write(f"{names[js[i]]}\t{digest}\t{json.dumps(measured[i])}\n")
+                done[js[i]] = digest
+                per_image[js[i]] = measured[i]
+
+            write_pngs(part, [names[j] for j in js], protected, on_written=record)
+
+        t1 = time.perf_counter()
+        method.attack_native(fit, natives, budget, seed=job.seed, device=dev, sink=sink,
+                             skip=lambda idx: all(int(fit.order[p]) in done for p in idx),
+                             progress=progress("protect") if progress else None)
+    method.finish_run(fit, time.perf_counter() - t1)
+    gen = {"seconds": time.perf_counter() - t0, "device": describe_device(dev)}
+    log(f"protected {len(names)} images with {job.method} in {gen['seconds']:.2f}s on {gen['device']}")
+    rows = [per_image[j] for j in range(len(names))]
+    warning = faint_warning(budget, data, rows, shape_of=lambda j: stream.shapes[j])
+    if warning:
+        log(warning)
+    manifest = build_manifest(job, method, budget, data, names, rows, done, gen)
+    atomic_write_json(part / MANIFEST, manifest)
+    _finalize(part, out)
+    return manifest
+
+
 def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, float]],
-                  threshold: float = 0.5) -> Optional[str]:
+                  threshold: float = 0.5, shape_of: Optional[Callable[[int], Sequence[int]]] = None) -> Optional[str]:
     """A warning when images changed by less than ``threshold`` grey levels on average (ℓ∞, ℓ2).
 
     An ℓ2 budget is a total over the image, so on photos far larger than the 32² the
@@ -268,8 +430,9 @@ def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, floa
     faint = [i for i, r in enumerate(per_image) if r["mean_abs"] < threshold]
     if not faint:
         return None
-    i = max(faint, key=lambda j: data.shape_of(j)[0] * data.shape_of(j)[1])
-    h, w = data.shape_of(i)
+    shape_of = shape_of or data.shape_of  # a streamed set is held at its working size: its own sizes come apart
+    i = max(faint, key=lambda j: shape_of(j)[0] * shape_of(j)[1])
+    h, w = shape_of(i)
     msg = (f"warning: {len(faint)} of {len(per_image)} images changed by under {threshold} grey levels on average "
            f"(e.g. {data.ids[i]!r}, {h}x{w}, {per_image[i]['mean_abs']:.2f})")
     if budget.norm == "l2":

@@ -22,6 +22,17 @@ from ..errors import UnlearnableError
 Images = Union[np.ndarray, List[np.ndarray]]
 
 
+def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """A uint8 HWC image at ``size`` = (H, W): Pillow's bilinear, antialiased when shrinking
+    (the image itself when it already has that size). The one resize of every working-size view."""
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
 @dataclass
 class ImageSet:
     """Images, labels, class names and stable ids of one split.
@@ -147,17 +158,11 @@ class ImageSet:
         return replace(self, images=images, sha256=None, source="array", source_files={})
 
     def resized(self, size: Tuple[int, int]) -> "ImageSet":
-        """Every image resized to ``size`` = (H, W) (bilinear with antialiasing), stacked."""
-        from PIL import Image
-
+        """Every image resized to ``size`` = (H, W) (:func:`resize_image`), stacked."""
         h, w = size
         out = np.empty((len(self), h, w, 3), np.uint8)
         for i in range(len(self)):
-            im = self.images[i]
-            if im.shape[:2] == (h, w):
-                out[i] = im
-            else:
-                out[i] = np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR))
+            out[i] = resize_image(self.images[i], size)
         return self.with_images(out)
 
     def stacked_at(self, size: Tuple[int, int]) -> np.ndarray:

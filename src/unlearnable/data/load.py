@@ -518,29 +518,74 @@ def _scan_image_folder(root: str, labels: str):
     return classes, files, label_of
 
 
-def _load_image_folder(root: str, labels: str, workers, progress, memory: Optional[MemoryCheck] = None) -> ImageSet:
-    classes, files, label_of = _scan_image_folder(root, labels)
+@dataclass
+class FolderIndex:
+    """An image folder's files, ids and labels, before any pixel is decoded.
+
+    What :func:`load_images` decodes, and what a caller that cannot hold every image in memory
+    decodes piece by piece (:func:`decode_files`): both build their set with :meth:`imageset`.
+    """
+
+    root: str
+    files: List[Tuple[str, str]]  # (id: relative POSIX path, path on disk), in load order
+    classes: Optional[List[str]]  # None: a flat folder
+    label_of: List[int]
+    labels: str  # the labels mode asked for
+
+    @property
+    def ids(self) -> List[str]:
+        return [rel for rel, _ in self.files]
+
+    @property
+    def paths(self) -> List[str]:
+        return [p for _, p in self.files]
+
+    @property
+    def labelled(self) -> bool:
+        return self.classes is not None and self.labels != "none"
+
+    def imageset(self, images, digests: List[str]) -> ImageSet:
+        """The :class:`ImageSet` of these files with ``images`` (all of them, any sizes)."""
+        resolved = Path(os.path.realpath(self.root))
+        source = "flat" if self.classes is None else "imagefolder"
+        if not self.labelled:
+            return ImageSet(images, None, [], self.ids, root=resolved, source=source, sha256=digests)
+        return ImageSet(images, np.asarray(self.label_of, dtype=np.int64), list(self.classes), self.ids,
+                        root=resolved, source=source, sha256=digests)
+
+
+def index_images(path: PathLike, split: Optional[str] = "train", labels: str = "auto") -> Optional[FolderIndex]:
+    """The :class:`FolderIndex` of an image-folder input (as :func:`load_images` would read it),
+    or None for inputs that are one container file (NPZ, CIFAR batches)."""
+    if labels not in LABEL_MODES:
+        raise UnlearnableError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
+    kind, where = _resolve(_check_path(path))
+    if kind in ("npz", "cifar10", "cifar100"):
+        return None
+    if kind == "splits":
+        parent, folders = where
+        name = split or "train"
+        if name not in folders:
+            raise UnlearnableError(f"split '{name}' not found in {parent}; available: {', '.join(sorted(folders))}")
+        where = folders[name]
+    classes, files, label_of = _scan_image_folder(where, labels)
+    return FolderIndex(where, files, classes, label_of, labels)
+
+
+def decode_files(paths: Sequence[str], workers: Optional[int] = None):
+    """Decode image files (in parallel, in order) by the loader's rules: ``(images, sha256s)``,
+    the images one stacked array when they share a size, else a list."""
+    return _decode_files(paths, workers, None)
+
+
+def _load_image_folder(index: FolderIndex, workers, progress, memory: Optional[MemoryCheck] = None) -> ImageSet:
     available = available_memory() if memory is not None else None
     try:
-        images, digests = _decode_files([p for _, p in files], workers, progress,
+        images, digests = _decode_files(index.paths, workers, progress,
                                         max_bytes=None if available is None else int(available / memory.factor))
     except _OverMemory as over:
-        raise memory.error(root, len(files), over, available) from None
-    ids = [rel for rel, _ in files]
-    resolved = Path(os.path.realpath(root))
-    if classes is None:
-        return ImageSet(images, None, [], ids, root=resolved, source="flat", sha256=digests)
-    if labels == "none":
-        return ImageSet(images, None, [], ids, root=resolved, source="imagefolder", sha256=digests)
-    return ImageSet(
-        images,
-        np.asarray(label_of, dtype=np.int64),
-        classes,
-        ids,
-        root=resolved,
-        source="imagefolder",
-        sha256=digests,
-    )
+        raise memory.error(index.root, len(index.files), over, available) from None
+    return index.imageset(images, digests)
 
 
 def _split_folders(path: str) -> Optional[Dict[str, str]]:
@@ -854,24 +899,14 @@ def load_images(
         memory: for image folders, stop with a one-line error once the decoded images pass
             the share of the available memory this check allows (:class:`MemoryCheck`).
     """
-    if labels not in LABEL_MODES:
-        raise UnlearnableError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
-    p = _check_path(path)
-    kind, where = _resolve(p)
+    index = index_images(path, split, labels)
+    if index is not None:
+        return _load_image_folder(index, workers, progress, memory)
+    kind, where = _resolve(_check_path(path))
     if kind == "npz":
         result = _load_npz(where, split, labels)
-    elif kind in ("cifar10", "cifar100"):
-        result = _load_cifar(kind, where, split, labels)
     else:
-        if kind == "splits":
-            parent, folders = where
-            name = split or "train"
-            if name not in folders:
-                raise UnlearnableError(
-                    f"split '{name}' not found in {parent}; available: {', '.join(sorted(folders))}"
-                )
-            where = folders[name]
-        return _load_image_folder(where, labels, workers, progress, memory)
+        result = _load_cifar(kind, where, split, labels)
     if progress is not None:
         progress(len(result), len(result))
     return result

@@ -144,6 +144,12 @@ class Method:
             return None
         return f"warning: {self.registry_name} {caveat} (benchmarks/RESULTS.md, 'Resolution policy')"
 
+    @property
+    def streams(self) -> bool:
+        """Whether ``protect`` may feed this method a folder too large for memory a batch at a
+        time (it then provides ``fit_native`` and ``attack_native``, as PIL does)."""
+        return False
+
     def hyperparameters(self) -> Dict[str, Any]:
         """The constructor arguments, as recorded in the manifest."""
         return dataclasses.asdict(self)
@@ -307,8 +313,15 @@ def working_size(data: ImageSet, default: int = 32, max_native: int = 64) -> Tup
     their native size; mixed-size sets and large photos run at ``default``², and their
     perturbations are resized to each image's native size before quantisation.
     """
-    if len(data) and data.uniform and max(data.shape_of(0)) <= max_native:
-        return data.shape_of(0)
+    if len(data) and data.uniform:
+        return working_size_of([data.shape_of(0)], default, max_native)
+    return (default, default)
+
+
+def working_size_of(shapes: Sequence[Tuple[int, int]], default: int = 32, max_native: int = 64) -> Tuple[int, int]:
+    """:func:`working_size` from the images' ``(H, W)`` alone (a folder not yet held in memory)."""
+    if len(shapes) and len({tuple(s) for s in shapes}) == 1 and max(shapes[0]) <= max_native:
+        return tuple(int(v) for v in shapes[0])  # type: ignore[return-value]
     return (default, default)
 
 

@@ -436,6 +436,10 @@ class PIL(Method):
         return out
 
     # -- the native-size pass in two parts, for folders streamed from disk (protect_folder) ---
+    @property
+    def streams(self) -> bool:
+        return self.resize == "through"
+
     def fit_native(self, small: ImageSet, shapes: Sequence[Tuple[int, int]], budget: Budget, *, seed: int,
                    device: str, workdir: Optional[str] = None) -> "NativeFit":
         """Part one of PIL on images that do not all fit in memory: fit the surrogate.

@@ -1,0 +1,118 @@
+"""protect on a folder too large for memory: the streamed path gives the in-memory path's bytes."""
+
+import json
+
+import numpy as np
+import pytest
+
+import unlearnable.protect as protect_mod
+from helpers import random_folder
+from unlearnable.cli import main
+from unlearnable.protect import ProtectJob, protect_folder
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def _manifest(folder):
+    m = json.loads((folder / "manifest.json").read_text())
+    for k in ("wall_seconds", "created", "device"):
+        m.pop(k)
+    return m
+
+
+def _mixed(rng):
+    return rng.integers(20, 48), rng.integers(20, 48)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return random_folder(tmp_path / "in", 6, _mixed, classes=("a", "b", "c"), seed=3)
+
+
+PARAMS = {"surrogate_epochs": 2, "attack_batch": 4, "steps": 3}
+
+
+def _protect(src, out, streamed, monkeypatch, **kw):
+    monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0 if streamed else 1 << 30)
+    logs = []
+    manifest = protect_folder(ProtectJob(input=str(src), out=str(out), method="pil", params=PARAMS, seed=5,
+                                         device="cpu", **kw), log=logs.append)
+    return manifest, logs
+
+
+def test_streamed_protect_equals_the_in_memory_one(photos, tmp_path, monkeypatch):
+    _, logs_a = _protect(photos, tmp_path / "memory", False, monkeypatch)
+    _, logs_b = _protect(photos, tmp_path / "stream", True, monkeypatch)
+    assert not any("a batch at a time" in m for m in logs_a) and any("a batch at a time" in m for m in logs_b)
+    assert _files(tmp_path / "memory") == _files(tmp_path / "stream")
+    assert _manifest(tmp_path / "memory") == _manifest(tmp_path / "stream")
+    assert main(["verify", str(tmp_path / "stream"), "--clean", str(photos), "--quiet"]) == 0
+
+
+def test_an_interrupted_stream_resumes_to_the_same_bytes(photos, tmp_path, monkeypatch):
+    _protect(photos, tmp_path / "full", True, monkeypatch)
+    calls = []
+
+    def interrupt(label):
+        def tick(done, total):
+            calls.append(done)
+            if label == "protect" and done >= 8:
+                raise KeyboardInterrupt
+        return tick
+
+    monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0)
+    job = dict(input=str(photos), out=str(tmp_path / "cut"), method="pil", params=PARAMS, seed=5, device="cpu")
+    with pytest.raises(Exception, match="interrupted"):
+        protect_folder(ProtectJob(**job), progress=interrupt)
+    part = tmp_path / ".cut.partial"
+    written = (part / "journal.tsv").read_text().splitlines()
+    assert 8 <= len(written) < 18 and all(len(line.split("\t")) == 3 for line in written)
+    logs = []
+    protect_folder(ProtectJob(**job, resume=True), log=logs.append)
+    assert any(f"{len(written)} of 18 images already written" in m for m in logs)
+    assert _files(tmp_path / "cut") == _files(tmp_path / "full")
+    assert _manifest(tmp_path / "cut") == _manifest(tmp_path / "full")
+
+
+def test_what_does_not_stream(tmp_path, monkeypatch):
+    # One small size (worked at its own size), an unlabelled folder, or an NPZ export: loaded whole.
+    small = random_folder(tmp_path / "small", 4, (16, 16), classes=("a", "b"))
+    _, logs = _protect(small, tmp_path / "o1", True, monkeypatch)
+    assert not any("a batch at a time" in m for m in logs)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in random_folder(tmp_path / "f", 4, _mixed, classes=("a", "b")).rglob("*.png"):
+        p.rename(flat / f"{p.parent.name}-{p.name}")
+    _, logs = _protect(flat, tmp_path / "o2", True, monkeypatch)
+    assert not any("a batch at a time" in m for m in logs)
+
+
+def test_a_file_changed_during_the_stream_is_an_error(photos, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from unlearnable.data import load as load_mod
+
+    real = load_mod.decode_files
+    seen = []
+
+    def tamper(paths, workers=None):
+        seen.append(len(paths))
+        if len(seen) == 4 and workers == 1:  # the first file the attack reads again (after the probe)
+            Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(paths[0])
+        return real(paths, workers)
+
+    monkeypatch.setattr(protect_mod, "decode_files", tamper)
+    with pytest.raises(Exception, match="changed while it was being protected"):
+        _protect(photos, tmp_path / "out", True, monkeypatch)
+    assert not (tmp_path / "out").exists()
+
+
+def test_photos_larger_than_the_working_size_stream_by_default(tmp_path):
+    src = random_folder(tmp_path / "in", 2, lambda rng: (rng.integers(65, 90), rng.integers(65, 90)), seed=1)
+    logs = []
+    protect_folder(ProtectJob(input=str(src), out=str(tmp_path / "out"), method="pil", params=PARAMS, device="cpu"),
+                   log=logs.append)
+    assert any("a batch at a time" in m for m in logs)
+    assert main(["verify", str(tmp_path / "out"), "--clean", str(src), "--quiet"]) == 0
