@@ -6,6 +6,10 @@ folder ``.<out>.partial`` that is renamed into place at the end; an interrupted 
 that folder, which ``resume=True`` continues (the protected pixels are checkpointed once
 generated, and a journal records each PNG written). ``verify_output`` re-checks hashes and the
 budget against the clean input.
+
+Folders of photos are protected as a stream when the method can (PIL): only their working-size
+copies stay in memory, and each batch is decoded, protected and written before the next
+(:func:`_run_streaming`); the bytes are those of the in-memory path.
 """
 
 from __future__ import annotations
@@ -128,8 +132,9 @@ class ProtectJob:
 
 
 #: The images, their perturbation and the protected copy are all in memory at once.
-PROTECT_MEMORY = MemoryCheck(3, "protecting them", "protect the folder in parts (a few class folders or a "
-                                                   "few hundred photos at a time, each to its own --out)")
+PROTECT_MEMORY = MemoryCheck(3, "protecting them whole", "protect the folder in parts (a few class folders at "
+                                                         "a time, each to its own --out), or with the default method "
+                                                         "pil and class folders, which reads photos a batch at a time")
 
 
 def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:

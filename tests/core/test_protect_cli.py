@@ -186,7 +186,8 @@ def test_a_folder_too_large_for_memory_fails_while_loading(tmp_path, capsys, mon
     monkeypatch.setattr(load, "available_memory", lambda: 600_000)
     monkeypatch.setattr(load, "_default_workers", lambda: int(workers))
     code, o = run(["protect", src, "--out", tmp_path / "out"], capsys)
-    assert_one_line_error(code, o, "40 images decode to about 480 kB", "needs at least 3× that (1.4 MB)", "586 kB available", "in parts")
+    assert_one_line_error(code, o, "40 images decode to about 480 kB", "needs at least 3× that (1.4 MB)", "586 kB available",
+                          "in parts")
     assert _no_output(tmp_path)
     monkeypatch.setattr(load, "available_memory", lambda: 2_000_000)
     code, o = run(["protect", src, "--out", tmp_path / "out", "--method", "random"], capsys)
