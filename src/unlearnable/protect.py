@@ -608,47 +608,69 @@ def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFacto
     present = {p.relative_to(out_p).as_posix() for p in out_p.rglob("*") if p.is_file() and p.name != MANIFEST}
     for extra in sorted(present - listed)[:20]:
         violations.append(f"{extra}: file not in the manifest")
-    clean_set = None
+    clean_set: Optional[ImageSet] = None  # container inputs (NPZ, CIFAR batches): loaded whole
+    clean_index: Optional[FolderIndex] = None  # folders: each clean image read beside its output
+    by_id: Dict[str, int] = {}
     if clean is not None:
         cp = Path(clean).expanduser()
         if not cp.exists():
             raise UnlearnableError(f"clean input {cp} does not exist")
         inp = manifest["input"]
-        clean_set = load_images(cp.resolve(), split=inp.get("split", "train"), labels=inp.get("labels", "auto"),
-                                progress=progress("load clean") if progress else None)
-        by_id = {id_: i for i, id_ in enumerate(clean_set.ids)}
+        split, labels = inp.get("split", "train"), inp.get("labels", "auto")
+        clean_index = index_images(cp.resolve(), split=split, labels=labels)
+        if clean_index is None:
+            clean_set = load_images(cp.resolve(), split=split, labels=labels,
+                                    progress=progress("load clean") if progress else None)
+        ids = clean_index.ids if clean_index is not None else clean_set.ids
+        by_id = {id_: i for i, id_ in enumerate(ids)}
         missing = [f["id"] for f in files if f["id"] not in by_id]
         for m in missing[:20]:
             violations.append(f"{m}: in the manifest but not in the clean input")
         expected = inp.get("subset_of") or len(files)  # an imported poison may cover part of the set
-        if len(clean_set) != expected:
-            violations.append(f"clean input has {len(clean_set)} images, the manifest {expected}")
+        if len(ids) != expected:
+            violations.append(f"clean input has {len(ids)} images, the manifest {expected}")
+
+    def clean_refs(chunk: List[Dict[str, Any]]) -> Dict[str, Tuple[np.ndarray, Optional[str]]]:
+        """The clean pixels and file hash of the chunk's images (a few hundred in memory at a time)."""
+        wanted = [f["id"] for f in chunk if f["id"] in by_id]
+        if clean_set is not None:
+            return {i: (clean_set.image(by_id[i]), clean_set.sha256[by_id[i]] if clean_set.sha256 else None)
+                    for i in wanted}
+        if clean_index is None or not wanted:
+            return {}
+        images, shas = decode_files([clean_index.paths[by_id[i]] for i in wanted])
+        return {i: (images[k], shas[k]) for k, i in enumerate(wanted)}
+
     per_image: List[Dict[str, float]] = []
     tick = progress("verify") if progress else None
-    for k, f in enumerate(files):
-        path = out_p / f["output"]
-        if not path.is_file():
-            violations.append(f"{f['output']}: missing")
-            continue
-        pixels, digest = read_image(path)
-        if digest != f["output_sha256"]:
-            violations.append(f"{f['output']}: sha256 differs from the manifest")
-        if clean_set is not None and f["id"] in by_id:
-            i = by_id[f["id"]]
-            if clean_set.sha256 and f.get("input_sha256") and clean_set.sha256[i] != f["input_sha256"]:
-                violations.append(f"{f['id']}: clean input changed since protection (sha256 differs)")
-            ref = clean_set.image(i)
-            if ref.shape != pixels.shape:
-                violations.append(f"{f['output']}: size {pixels.shape[:2]} differs from the clean {ref.shape[:2]}")
+    step = 256
+    for s0 in range(0, len(files), step):
+        chunk = files[s0:s0 + step]
+        refs = clean_refs(chunk)
+        for f in chunk:
+            path = out_p / f["output"]
+            if not path.is_file():
+                violations.append(f"{f['output']}: missing")
                 continue
-            m = measure_change(ref, pixels)
-            per_image.append(m)
-            if not budget.allows(m):
-                violations.append(f"{f['output']}: change {m[budget.norm]:g} exceeds {budget.describe()}")
-        if tick and (k % 500 == 0 or k == len(files) - 1):
-            tick(k + 1, len(files))
+            pixels, digest = read_image(path)
+            if digest != f["output_sha256"]:
+                violations.append(f"{f['output']}: sha256 differs from the manifest")
+            if f["id"] in refs:
+                ref, sha = refs[f["id"]]
+                if sha and f.get("input_sha256") and sha != f["input_sha256"]:
+                    violations.append(f"{f['id']}: clean input changed since protection (sha256 differs)")
+                if ref.shape != pixels.shape:
+                    violations.append(f"{f['output']}: size {pixels.shape[:2]} differs from the clean {ref.shape[:2]}")
+                    continue
+                m = measure_change(ref, pixels)
+                per_image.append(m)
+                if not budget.allows(m):
+                    violations.append(f"{f['output']}: change {m[budget.norm]:g} exceeds {budget.describe()}")
+        del refs
+        if tick:
+            tick(min(s0 + step, len(files)), len(files))
     norms = summarize_changes(per_image) if per_image else {}
-    return VerifyReport(len(files), violations, norms, budget, clean_set is not None)
+    return VerifyReport(len(files), violations, norms, budget, clean is not None)
 
 
 def raise_if_failed(report: VerifyReport) -> None:
