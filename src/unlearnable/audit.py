@@ -35,15 +35,20 @@ EpochTick = Optional[Callable[[str], Callable[[int, int], None]]]
 
 
 def training_size(*sets: ImageSet, default: int = 32) -> Tuple[int, int]:
-    """The victim's input size: the native size when every set shares one, else ``default``²."""
-    sizes = set()
+    """The victim's input size, by the methods' resolution policy
+    (:func:`~unlearnable.methods.base.working_size_of`): the native size when every set shares
+    one of at most 64 px (CIFAR), else ``default``² (mixed sizes, and photos: a folder from one
+    camera shares its 12-megapixel size, which no CIFAR-style victim trains at)."""
+    from .methods.base import working_size_of
+
+    shapes = []
     for s in sets:
         if s is None or len(s) == 0:
             continue
         if not s.uniform:
             return (default, default)
-        sizes.add(s.shape_of(0))
-    return sizes.pop() if len(sizes) == 1 else (default, default)
+        shapes.append(tuple(s.shape_of(0)))
+    return working_size_of(shapes, default) if shapes else (default, default)
 
 
 def as_training_arrays(data: ImageSet, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:

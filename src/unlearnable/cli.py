@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--clean", default=None, help="clean training set (and test split, if it has one)")
     _add_victim_args(a, "")
     a.add_argument("--defenses", default="standard", help="comma-separated defenses, e.g. none,standard")
-    a.add_argument("--size", type=_positive_int, default=None, help="training image side (default: native, or 32 for mixed sizes)")
+    a.add_argument("--size", type=_positive_int, default=None, help="training image side (default: native up to 64 px, else 32: mixed sizes and photos)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--seeds", default=None, metavar="S,S,...",
                    help="train every victim once per seed and report mean ± sd (some poisons' results vary "

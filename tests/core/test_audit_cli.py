@@ -175,6 +175,11 @@ def test_training_size_policy(tmp_path):
     b = load_images(colour_folder(tmp_path / "b"))
     assert training_size(b) == (12, 12)
     assert training_size(a, b) == (32, 32)
+    # Photos from one camera share a size: victims still train at 32², not at 3000 x 4000.
+    from unlearnable.data.imageset import ImageSet
+
+    photos = ImageSet([np.zeros((300, 400, 3), np.uint8)] * 2, np.array([0, 1]), ["x", "y"], ["x/0", "y/1"])
+    assert training_size(photos) == (32, 32) and training_size(photos, default=48) == (48, 48)
 
 
 def test_list_commands(capsys):
