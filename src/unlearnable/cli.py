@@ -105,14 +105,14 @@ def _test_set(args: argparse.Namespace, protected, clean):
     ``--holdout`` fraction of the clean images (default 0.2 when there is nothing else),
     dropped from both training sets. Returns ``(protected, clean, test, note)``."""
     from .audit import holdout_split
-    from .data import find_splits, load_images
+    from .data import find_splits, load_for_training
 
     if args.holdout is not None and args.test:
         raise UnlearnableError("pass either --test TEST or --holdout FRACTION, not both")
     if args.test:
-        return protected, clean, load_images(args.test, split="test"), ""
+        return protected, clean, load_for_training(args.test, split="test", size=args.size), ""
     if args.clean and args.holdout is None and "test" in find_splits(args.clean):
-        return protected, clean, load_images(args.clean, split="test"), ""
+        return protected, clean, load_for_training(args.clean, split="test", size=args.size), ""
     if not args.clean:
         raise UnlearnableError("no test set: pass --test TEST, or --clean CLEAN to hold out part of it as one")
     # A data owner's own folder: test on clean images that neither victim trains on.
@@ -124,7 +124,7 @@ def _test_set(args: argparse.Namespace, protected, clean):
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit, best_epoch_warnings
     from .data.save import check_writable
-    from .data import load_images
+    from .data import load_for_training
     from .progress import progress_ui
 
     defenses = split_spec_list(args.defenses)
@@ -148,8 +148,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             db.add_run(record, dataset=label, **cell)
     from .protect import load_protected
 
-    protected = load_protected(args.protected, split="train")
-    clean = load_images(args.clean, split="train") if args.clean else None
+    # At the victims' input size as they load: a folder of photos never sits in memory at full size.
+    protected = load_protected(args.protected, split="train", training=True, size=args.size)
+    clean = load_for_training(args.clean, split="train", size=args.size) if args.clean else None
     if clean is not None and len(protected) < len(clean) and set(protected.ids) <= set(clean.ids):
         # A poison that covers part of the set (imported, matched by content): the clean
         # victim trains on the clean versions of the same images.

@@ -548,13 +548,16 @@ def save_protected(result: ProtectedSet, out: str, *, overwrite: bool = False, i
     return manifest
 
 
-def load_protected(path: str, split: str = "train") -> ImageSet:
+def load_protected(path: str, split: str = "train", training: bool = False, size: Optional[int] = None) -> ImageSet:
     """Load a protected set; for our own output folders, ids become the original input ids.
 
     ``protect`` writes ``cat/001.jpg`` as ``cat/001.png``; the manifest maps it back, so the
-    protected images line up with their clean counterparts by id (audit, analyze).
+    protected images line up with their clean counterparts by id (audit, analyze). With
+    ``training``, the set comes at a victim's input size (:func:`load_for_training`).
     """
-    data = load_images(path, split=split)
+    from .data import load_for_training
+
+    data = load_for_training(path, split=split, size=size) if training else load_images(path, split=split)
     p = Path(path).expanduser()
     if p.is_dir() and (p / MANIFEST).is_file():
         files = read_manifest(p)["files"]

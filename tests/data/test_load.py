@@ -819,3 +819,20 @@ def test_restricted_unpickler_reads_protocol_5_arrays(tmp_path):
     obj, _ = _unpickle(str(path))
     got = obj.get("noise", obj.get(b"noise"))
     assert np.array_equal(got, arr)
+
+
+@pytest.mark.parametrize("shape, size", [((12, 12), None), ((40, 40), None), ((80, 70), None),
+                                         (lambda rng: (rng.integers(20, 90), rng.integers(20, 90)), None),
+                                         (lambda rng: (rng.integers(20, 90), rng.integers(20, 90)), 24)])
+def test_load_for_training_equals_loading_whole_then_resizing(tmp_path, shape, size):
+    from helpers import random_folder
+    from unlearnable.audit import training_size
+    from unlearnable.data import load_for_training
+
+    src = random_folder(tmp_path / "in", 5, shape, classes=("a", "b", "c"))
+    whole = load_images(src)
+    hw = (size, size) if size else training_size(whole)
+    small = load_for_training(src, size=size, chunk=4)
+    assert small.ids == whole.ids and small.sha256 == whole.sha256 and small.classes == whole.classes
+    assert (small.labels == whole.labels).all()
+    assert small.uniform and small.shape_of(0) == hw and (small.stacked() == whole.stacked_at(hw)).all()

@@ -578,6 +578,45 @@ def decode_files(paths: Sequence[str], workers: Optional[int] = None):
     return _decode_files(paths, workers, None)
 
 
+def load_for_training(path: PathLike, split: Optional[str] = "train", labels: str = "auto",
+                      size: Optional[int] = None, default: int = 32, max_native: int = 64,
+                      progress: Optional[Progress] = None, chunk: int = 64) -> ImageSet:
+    """A set as a victim trains on it: at ``size``², or by the resolution policy (native when
+    all images share one size of at most ``max_native``, else ``default``²).
+
+    An image folder is decoded ``chunk`` images at a time and each image larger than
+    ``max_native`` is resized at once, so a folder of photos never sits in memory at full size.
+    Ids, labels and file hashes are those :func:`load_images` gives; the pixels are those of
+    ``load_images(...).stacked_at(...)`` at the same size. Container files (NPZ, CIFAR) are
+    loaded whole (they hold small images) and returned as they are.
+    """
+    from ..methods.base import working_size_of
+    from .imageset import resize_image
+
+    index = index_images(path, split, labels)
+    if index is None:
+        data = load_images(path, split=split, labels=labels, progress=progress)
+        return data.resized((size, size)) if size else data
+    paths = index.paths
+    kept: List[np.ndarray] = []
+    shapes: List[Tuple[int, int]] = []
+    digests: List[str] = []
+    for s in range(0, len(paths), chunk):
+        images, sha = _decode_files(paths[s:s + chunk], None, None)
+        for im in images:
+            shapes.append(tuple(im.shape[:2]))
+            if size:
+                kept.append(resize_image(im, (size, size)))
+            else:  # small images stay native until the policy has seen them all
+                kept.append(im if max(im.shape[:2]) <= max_native else resize_image(im, (default, default)))
+        digests += sha
+        if progress is not None:
+            progress(min(s + chunk, len(paths)), len(paths))
+    hw = (size, size) if size else working_size_of(shapes, default, max_native)
+    images = np.stack([resize_image(im, hw) for im in kept]) if kept else np.zeros((0, *hw, 3), np.uint8)
+    return index.imageset(images, digests)
+
+
 def _load_image_folder(index: FolderIndex, workers, progress, memory: Optional[MemoryCheck] = None) -> ImageSet:
     available = available_memory() if memory is not None else None
     try:
