@@ -141,10 +141,11 @@ def test_import_bench_smoke(tiny_npz, tmp_path, capsys):
 def test_photos_bench_smoke(tmp_path, capsys):
     bench = _load("bench_photos")
     results = tmp_path / "R.md"
-    assert bench.main(["--n", "2", "--sizes", "40x30", "--method", "random", "--device", "cpu", "--record",
+    assert bench.main(["--n", "10", "--sizes", "40x30", "--method", "random", "--device", "cpu", "--record",
                        "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "| protect |" in out and "| verify --clean |" in out and "2 synthetic JPEGs of 40x30 px" in out
+    assert "| protect |" in out and "| verify --clean |" in out and "10 synthetic JPEGs of 40x30 px" in out
+    assert "| audit (1 epoch, cpu-small) |" in out
     assert "## Large photos" in results.read_text()
 
 
