@@ -30,7 +30,7 @@ import numpy as np
 from . import __version__
 from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
-from .data.load import FolderIndex, MemoryCheck, decode_files, index_images
+from .data.load import FolderIndex, MemoryCheck, chunk_length, decode_files, decode_in_chunks, index_images
 from .data.imageset import ImageSet, resize_image
 from .data.save import (atomic_write, atomic_write_json, check_npz_destination, export_npz,
                         move_into_place, output_names, write_pngs)
@@ -314,7 +314,7 @@ class _Stream:
     shapes: List[Tuple[int, int]]
 
 
-def _load_small(index: FolderIndex, side: int, progress: ProgressFactory, chunk: int = 16) -> Optional[_Stream]:
+def _load_small(index: FolderIndex, side: int, progress: ProgressFactory) -> Optional[_Stream]:
     """Decode the folder a few images at a time, keeping each resized to ``side``² and its
     native size; None when the policy works the images at their own size (one small size:
     such a set fits in memory and is loaded whole)."""
@@ -326,14 +326,13 @@ def _load_small(index: FolderIndex, side: int, progress: ProgressFactory, chunk:
     shapes: List[Tuple[int, int]] = []
     digests: List[str] = []
     tick = progress("load") if progress else None
-    for s in range(0, n, chunk):
-        images, sha = decode_files(paths[s:s + chunk])
+    for s, images, sha in decode_in_chunks(paths):
         for j, im in enumerate(images):
             small[s + j] = resize_image(im, (side, side))
             shapes.append(tuple(im.shape[:2]))
         digests += sha
         if tick:
-            tick(min(s + chunk, n), n)
+            tick(s + len(sha), n)
     if len(set(shapes)) == 1 and working_size_of(shapes, side) == shapes[0]:
         return None
     return _Stream(index, index.imageset(small, digests), shapes)
@@ -646,10 +645,12 @@ def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFacto
 
     per_image: List[Dict[str, float]] = []
     tick = progress("verify") if progress else None
-    step = 256
-    for s0 in range(0, len(files), step):
+    s0, step = 0, 8  # then sized by what the clean images take (chunk_length): photos or thumbnails
+    while s0 < len(files):
         chunk = files[s0:s0 + step]
         refs = clean_refs(chunk)
+        if refs:
+            step = chunk_length(sum(r[0].nbytes for r in refs.values()) / len(refs))
         for f in chunk:
             path = out_p / f["output"]
             if not path.is_file():
@@ -670,8 +671,9 @@ def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFacto
                 if not budget.allows(m):
                     violations.append(f"{f['output']}: change {m[budget.norm]:g} exceeds {budget.describe()}")
         del refs
+        s0 += len(chunk)
         if tick:
-            tick(min(s0 + step, len(files)), len(files))
+            tick(s0, len(files))
     norms = summarize_changes(per_image) if per_image else {}
     return VerifyReport(len(files), violations, norms, budget, clean is not None)
 

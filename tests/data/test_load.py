@@ -832,7 +832,21 @@ def test_load_for_training_equals_loading_whole_then_resizing(tmp_path, shape, s
     src = random_folder(tmp_path / "in", 5, shape, classes=("a", "b", "c"))
     whole = load_images(src)
     hw = (size, size) if size else training_size(whole)
-    small = load_for_training(src, size=size, chunk=4)
+    small = load_for_training(src, size=size, chunk_bytes=4000)  # chunks of a few images
     assert small.ids == whole.ids and small.sha256 == whole.sha256 and small.classes == whole.classes
     assert (small.labels == whole.labels).all()
     assert small.uniform and small.shape_of(0) == hw and (small.stacked() == whole.stacked_at(hw)).all()
+
+
+def test_decode_in_chunks_sizes_chunks_by_decoded_bytes(tmp_path):
+    from helpers import random_folder
+    from unlearnable.data.load import decode_in_chunks, index_images
+
+    src = random_folder(tmp_path / "in", 20, (16, 16), classes=("a", "b"))
+    paths = index_images(src).paths
+    got = list(decode_in_chunks(paths, first=3, target=16 * 16 * 3 * 5))  # five images a chunk after the first
+    assert [len(sha) for _, _, sha in got] == [3, 5, 5, 5, 5, 5, 5, 5, 2]
+    assert [s for s, _, _ in got] == [0, 3, 8, 13, 18, 23, 28, 33, 38]
+    whole = load_images(src)
+    assert (np.concatenate([imgs for _, imgs, _ in got]) == whole.stacked()).all()
+    assert sum((sha for _, _, sha in got), []) == whole.sha256

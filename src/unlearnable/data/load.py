@@ -578,14 +578,40 @@ def decode_files(paths: Sequence[str], workers: Optional[int] = None):
     return _decode_files(paths, workers, None)
 
 
+#: Decoded bytes a chunk of :func:`decode_in_chunks` aims at: a few photos, thousands of thumbnails.
+CHUNK_BYTES = 256 * 1024 ** 2
+
+
+def chunk_length(bytes_per_image: float, target: int = CHUNK_BYTES, most: int = 4096) -> int:
+    """How many images of this size make a chunk of about ``target`` decoded bytes (1 to ``most``)."""
+    return int(max(1, min(most, target // max(1.0, bytes_per_image))))
+
+
+def decode_in_chunks(paths: Sequence[str], first: int = 8, target: int = CHUNK_BYTES):
+    """Decode ``paths`` in order, a chunk at a time: yields ``(start, images, sha256s)``.
+
+    The first chunk has ``first`` files; each next one is sized from the images decoded so far
+    to hold about ``target`` bytes, so a folder of photos and a folder of thumbnails both go by
+    in chunks that fit in memory and are large enough to decode in parallel.
+    """
+    start, size, n = 0, max(1, int(first)), len(paths)
+    while start < n:
+        images, sha = _decode_files(paths[start:start + size], None, None)
+        yield start, images, sha
+        nbytes = images.nbytes if isinstance(images, np.ndarray) else sum(im.nbytes for im in images)
+        start += len(sha)
+        size = chunk_length(nbytes / max(1, len(sha)), target)
+
+
 def load_for_training(path: PathLike, split: Optional[str] = "train", labels: str = "auto",
                       size: Optional[int] = None, default: int = 32, max_native: int = 64,
-                      progress: Optional[Progress] = None, chunk: int = 64) -> ImageSet:
+                      progress: Optional[Progress] = None, chunk_bytes: int = CHUNK_BYTES) -> ImageSet:
     """A set as a victim trains on it: at ``size``², or by the resolution policy (native when
     all images share one size of at most ``max_native``, else ``default``²).
 
-    An image folder is decoded ``chunk`` images at a time and each image larger than
-    ``max_native`` is resized at once, so a folder of photos never sits in memory at full size.
+    An image folder is decoded a chunk at a time (:func:`decode_in_chunks`, about
+    ``chunk_bytes``) and each image larger than ``max_native`` is resized at once, so a folder of
+    photos never sits in memory at full size.
     Ids, labels and file hashes are those :func:`load_images` gives; the pixels are those of
     ``load_images(...).stacked_at(...)`` at the same size. Container files (NPZ, CIFAR) are
     loaded whole (they hold small images) and returned as they are.
@@ -601,8 +627,7 @@ def load_for_training(path: PathLike, split: Optional[str] = "train", labels: st
     kept: List[np.ndarray] = []
     shapes: List[Tuple[int, int]] = []
     digests: List[str] = []
-    for s in range(0, len(paths), chunk):
-        images, sha = _decode_files(paths[s:s + chunk], None, None)
+    for s, images, sha in decode_in_chunks(paths, target=chunk_bytes):
         for im in images:
             shapes.append(tuple(im.shape[:2]))
             if size:
@@ -611,7 +636,7 @@ def load_for_training(path: PathLike, split: Optional[str] = "train", labels: st
                 kept.append(im if max(im.shape[:2]) <= max_native else resize_image(im, (default, default)))
         digests += sha
         if progress is not None:
-            progress(min(s + chunk, len(paths)), len(paths))
+            progress(s + len(sha), len(paths))
     hw = (size, size) if size else working_size_of(shapes, default, max_native)
     images = np.stack([resize_image(im, hw) for im in kept]) if kept else np.zeros((0, *hw, 3), np.uint8)
     return index.imageset(images, digests)
