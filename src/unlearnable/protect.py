@@ -382,6 +382,7 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
     fit = method.fit_native(data, stream.shapes, budget, seed=job.seed, device=dev, workdir=str(work))
     journal = part / _JOURNAL
     done, per_image = _read_journal(journal, names, part)
+    done = {j: d for j, d in done.items() if j in per_image}  # a line without its change: write it again
     if done:
         log(f"resuming: {len(done)} of {len(names)} images already written")
     natives = _Natives(stream, fit.order)
