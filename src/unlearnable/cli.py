@@ -405,9 +405,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
         check_writable(args.markdown)
     with ResultsDB(args.db) as db:
-        with progress_ui(not args.quiet) as ui:
-            counts = run_grid(grid, db, cache=Path(args.cache).expanduser() if args.cache else None,
-                              device=args.device, progress=ui, log=_print if not args.quiet else _warnings_only)
+        try:
+            with progress_ui(not args.quiet) as ui:
+                counts = run_grid(grid, db, cache=Path(args.cache).expanduser() if args.cache else None,
+                                  device=args.device, progress=ui, log=_print if not args.quiet else _warnings_only)
+        except KeyboardInterrupt:
+            _print(f"every finished run is in {args.db}; the same command continues from there")
+            raise
     text = markdown_report(counts["records"], counts["generations"])
     print(text)
     if args.markdown:

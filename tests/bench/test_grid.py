@@ -323,3 +323,18 @@ def test_report_plot(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "empty.db"), "--plot", str(tmp_path / "e.png")]) == 2
     assert "nothing to plot" in capsys.readouterr().err and not (tmp_path / "e.png").exists()
+
+
+def test_an_interrupted_grid_command_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import unlearnable.bench as bench
+
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps(GRID))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_grid", interrupted)
+    assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "the same command continues" in err and "error: interrupted" in err
