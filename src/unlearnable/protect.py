@@ -340,29 +340,49 @@ def _load_small(index: FolderIndex, side: int, progress: ProgressFactory) -> Opt
 
 class _Natives:
     """The images of a streamed folder in the attack's order, decoded when asked for and kept
-    until their batch is written; checked against the hashes read before the attack."""
+    until their batch is written; checked against the hashes read before the attack. The next
+    batch is decoded in a background thread while the current one is attacked
+    (:meth:`prefetch`), so the device does not wait on the decoder."""
 
     def __init__(self, stream: _Stream, order: np.ndarray):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.stream, self.order = stream, order
-        self.held: Dict[int, np.ndarray] = {}
+        self.held: Dict[int, Any] = {}  # position -> image, or the future decoding it
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearnable-prefetch")
 
     def __len__(self) -> int:
         return len(self.order)
 
+    def _decode(self, p: int) -> np.ndarray:
+        j = int(self.order[p])
+        images, sha = decode_files([self.stream.index.paths[j]], workers=1)
+        if sha[0] != self.stream.small.sha256[j]:
+            raise UnlearnableError(f"{self.stream.index.paths[j]} changed while it was being protected; "
+                                   "rerun with --overwrite")
+        return images[0]
+
+    def prefetch(self, positions: Sequence[int]) -> None:
+        """Start decoding these images (the next batch) in the background."""
+        for p in positions:
+            if p not in self.held:
+                self.held[p] = self.pool.submit(self._decode, p)
+
     def __getitem__(self, p: int) -> np.ndarray:
-        if p not in self.held:
-            j = int(self.order[p])
-            images, sha = decode_files([self.stream.index.paths[j]], workers=1)
-            if sha[0] != self.stream.small.sha256[j]:
-                raise UnlearnableError(f"{self.stream.index.paths[j]} changed while it was being protected; "
-                                       "rerun with --overwrite")
-            self.held[p] = images[0]
-        return self.held[p]
+        item = self.held.get(p)
+        if item is None:
+            item = self.held[p] = self._decode(p)
+        elif not isinstance(item, np.ndarray):
+            item = self.held[p] = item.result()
+        return item
 
     def pop(self, p: int) -> np.ndarray:
         image = self[p]
         del self.held[p]
         return image
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, names: List[str], out: Path,
@@ -406,9 +426,12 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
             write_pngs(part, [names[j] for j in js], protected, on_written=record)
 
         t1 = time.perf_counter()
-        method.attack_native(fit, natives, budget, seed=job.seed, device=dev, sink=sink,
-                             skip=lambda idx: all(int(fit.order[p]) in done for p in idx),
-                             progress=progress("protect") if progress else None)
+        try:
+            method.attack_native(fit, natives, budget, seed=job.seed, device=dev, sink=sink,
+                                 skip=lambda idx: all(int(fit.order[p]) in done for p in idx),
+                                 progress=progress("protect") if progress else None)
+        finally:
+            natives.close()
     method.finish_run(fit, time.perf_counter() - t1)
     gen = {"seconds": time.perf_counter() - t0, "device": describe_device(dev)}
     log(f"protected {len(names)} images with {job.method} in {gen['seconds']:.2f}s on {gen['device']}")
