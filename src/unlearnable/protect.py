@@ -20,7 +20,7 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -163,7 +163,7 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     budget = method.parse_budget(job.budget)
     t_load = time.perf_counter()
     index = _stream_index(job, method, inp)
-    stream = _load_small(index, method.working_size, progress) if index is not None else None
+    stream = _load_small(index, method, job.seed, progress) if index is not None else None
     if stream is not None:
         data = stream.small
         log(f"read {len(data)} images from {data.root} in {time.perf_counter() - t_load:.1f}s: kept at "
@@ -173,6 +173,9 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
         data = load_images(inp, split=job.split, labels=job.labels, progress=progress("load") if progress else None,
                            memory=PROTECT_MEMORY)
         log(f"loaded {data.summary()} from {data.root or inp} in {time.perf_counter() - t_load:.1f}s")
+        if npz_path is not None and not data.uniform:  # found now, not after the whole set is protected
+            raise UnlearnableError(f"--npz needs images of one size, and {inp} has images of several sizes; "
+                                   "leave out --npz (or export a resized copy with `unlearnable export --size N`)")
     names = output_names(data.ids)
 
     run_info = {
@@ -293,12 +296,12 @@ STREAM_MIN_SIDE = 64
 
 
 def _stream_index(job: ProtectJob, method, inp: Path) -> Optional[FolderIndex]:
-    """The folder to protect as a stream, or None to load it whole (a container file, unlabelled
-    input, an NPZ export, a method that cannot stream, small images)."""
+    """The folder to protect as a stream, or None to load it whole (a container file, an NPZ
+    export, a method that cannot stream, small images)."""
     if not method.streams or job.npz is not None:
         return None
     index = index_images(inp, split=job.split, labels=job.labels)
-    if index is None or not index.labelled or not index.files:
+    if index is None or not index.files:
         return None
     first, _ = decode_files(index.paths[:1], workers=1)
     return index if max(first[0].shape[:2]) > STREAM_MIN_SIDE else None
@@ -307,35 +310,54 @@ def _stream_index(job: ProtectJob, method, inp: Path) -> Optional[FolderIndex]:
 @dataclass
 class _Stream:
     """A folder being protected as a stream: its files, its images at the working size (with
-    the ids, labels and hashes of the full set) and each image's native size."""
+    the ids, labels and hashes of the full set), each image's native size and, for unlabelled
+    input, the pseudo-labelled set the method is fitted on instead."""
 
     index: FolderIndex
     small: ImageSet
     shapes: List[Tuple[int, int]]
+    target: ImageSet
 
 
-def _load_small(index: FolderIndex, side: int, progress: ProgressFactory) -> Optional[_Stream]:
-    """Decode the folder a few images at a time, keeping each resized to ``side``² and its
-    native size; None when the policy works the images at their own size (one small size:
-    such a set fits in memory and is loaded whole)."""
+def _load_small(index: FolderIndex, method, seed: int, progress: ProgressFactory) -> Optional[_Stream]:
+    """Decode the folder a chunk at a time, keeping each image at the method's working size and
+    its native size; None when the policy works the images at their own size (one small size:
+    such a set fits in memory and is loaded whole).
+
+    Unlabelled input is clustered as :meth:`Method.protect` does (:func:`pseudo_labels`), from
+    copies at the feature size taken from the native pixels in the same pass, so the clusters
+    and the bytes are those of the in-memory path.
+    """
+    from .data.pseudo import FEATURE_SIDE, pseudo_labels
     from .methods.base import working_size_of
 
+    side = int(method.working_size)
     paths = index.paths
     n = len(paths)
     small = np.empty((n, side, side, 3), np.uint8)
+    clusters = not index.labelled and method.needs_labels
+    feat = np.empty((n, FEATURE_SIDE, FEATURE_SIDE, 3), np.uint8) if clusters else None
     shapes: List[Tuple[int, int]] = []
     digests: List[str] = []
     tick = progress("load") if progress else None
     for s, images, sha in decode_in_chunks(paths):
         for j, im in enumerate(images):
             small[s + j] = resize_image(im, (side, side))
+            if feat is not None:
+                feat[s + j] = resize_image(im, (FEATURE_SIDE, FEATURE_SIDE))
             shapes.append(tuple(im.shape[:2]))
         digests += sha
         if tick:
             tick(s + len(sha), n)
     if len(set(shapes)) == 1 and working_size_of(shapes, side) == shapes[0]:
         return None
-    return _Stream(index, index.imageset(small, digests), shapes)
+    data = index.imageset(small, digests)
+    plan = pseudo_label_plan(method, data)
+    target = data
+    if plan:
+        found = pseudo_labels(index.imageset(feat, digests), plan["k"], seed=seed)
+        target = replace(data, labels=found.labels, classes=found.classes)
+    return _Stream(index, data, shapes, target)
 
 
 class _Natives:
@@ -399,7 +421,10 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
     t0 = time.perf_counter()
     work = part / _WORK
     work.mkdir(exist_ok=True)
-    fit = method.fit_native(data, stream.shapes, budget, seed=job.seed, device=dev, workdir=str(work))
+    warning = pseudo_label_warning(method, data)
+    if warning:
+        log(warning)
+    fit = method.fit_native(stream.target, stream.shapes, budget, seed=job.seed, device=dev, workdir=str(work))
     journal = part / _JOURNAL
     done, per_image = _read_journal(journal, names, part)
     done = {j: d for j, d in done.items() if j in per_image}  # a line without its change: write it again

@@ -77,16 +77,31 @@ def test_an_interrupted_stream_resumes_to_the_same_bytes(photos, tmp_path, monke
 
 
 def test_what_does_not_stream(tmp_path, monkeypatch):
-    # One small size (worked at its own size), an unlabelled folder, or an NPZ export: loaded whole.
+    # One small size (worked at its own size) or an NPZ export: loaded whole.
     small = random_folder(tmp_path / "small", 4, (16, 16), classes=("a", "b"))
     _, logs = _protect(small, tmp_path / "o1", True, monkeypatch)
     assert not any("a batch at a time" in m for m in logs)
+    _, logs = _protect(random_folder(tmp_path / "m", 3, (70, 80)), tmp_path / "o2", True, monkeypatch,
+                       npz=str(tmp_path / "o2.npz"))
+    assert not any("a batch at a time" in m for m in logs) and (tmp_path / "o2.npz").exists()
+    # Images of several sizes cannot go into one NPZ: refused before any work, nothing written.
+    with pytest.raises(Exception, match="--npz needs images of one size"):
+        _protect(random_folder(tmp_path / "x", 3, _mixed), tmp_path / "o3", True, monkeypatch,
+                 npz=str(tmp_path / "o3.npz"))
+    assert not (tmp_path / "o3").exists() and not (tmp_path / ".o3.partial").exists()
+
+
+def test_an_unlabelled_stream_clusters_as_the_in_memory_path(tmp_path, monkeypatch):
     flat = tmp_path / "flat"
     flat.mkdir()
-    for p in random_folder(tmp_path / "f", 4, _mixed, classes=("a", "b")).rglob("*.png"):
+    for p in random_folder(tmp_path / "f", 8, _mixed, classes=("a", "b", "c")).rglob("*.png"):
         p.rename(flat / f"{p.parent.name}-{p.name}")
-    _, logs = _protect(flat, tmp_path / "o2", True, monkeypatch)
-    assert not any("a batch at a time" in m for m in logs)
+    ma, logs_a = _protect(flat, tmp_path / "memory", False, monkeypatch)
+    mb, logs_b = _protect(flat, tmp_path / "stream", True, monkeypatch)
+    assert any("a batch at a time" in m for m in logs_b) and any("pseudo" in m or "cluster" in m for m in logs_b)
+    assert ma["pseudo_labels"] and ma["pseudo_labels"] == mb["pseudo_labels"]
+    assert _files(tmp_path / "memory") == _files(tmp_path / "stream")
+    assert _manifest(tmp_path / "memory") == _manifest(tmp_path / "stream")
 
 
 def test_a_file_changed_during_the_stream_is_an_error(photos, tmp_path, monkeypatch):

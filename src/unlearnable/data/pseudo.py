@@ -27,9 +27,11 @@ from .imageset import ImageSet
 __all__ = ["pseudo_labels", "pseudo_label_plan", "pseudo_label_warning", "image_features", "DEFAULT_K"]
 
 DEFAULT_K = 10
+#: Side of the images the clustering features are computed from.
+FEATURE_SIDE = 16
 
 
-def image_features(data: ImageSet, side: int = 16, pca_dims: int = 64, seed: int = 0) -> np.ndarray:
+def image_features(data: ImageSet, side: int = FEATURE_SIDE, pca_dims: int = 64, seed: int = 0) -> np.ndarray:
     """Standardised, PCA-reduced pixel features, one row per image (in the set's order).
 
     Args:
@@ -54,7 +56,7 @@ def image_features(data: ImageSet, side: int = 16, pca_dims: int = 64, seed: int
     return PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit_transform(f).astype(np.float32)
 
 
-def pseudo_labels(data: ImageSet, k: int = DEFAULT_K, seed: int = 0, *, side: int = 16, pca_dims: int = 64,
+def pseudo_labels(data: ImageSet, k: int = DEFAULT_K, seed: int = 0, *, side: int = FEATURE_SIDE, pca_dims: int = 64,
                   n_init: int = 3) -> ImageSet:
     """The set with k-means cluster indices as labels (``classes = ["cluster0", ...]``).
 
