@@ -134,7 +134,7 @@ class ProtectJob:
 #: The images, their perturbation and the protected copy are all in memory at once.
 PROTECT_MEMORY = MemoryCheck(3, "protecting them whole", "protect the folder in parts (a few class folders at "
                                                          "a time, each to its own --out), or with the default method "
-                                                         "pil and class folders, which reads photos a batch at a time")
+                                                         "pil, which reads photos a batch at a time")
 
 
 def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
