@@ -44,6 +44,7 @@ FORMAT = "unlearnable-protected/1"
 _STAGE = "protected.npz"
 _RUN = "run.json"
 _JOURNAL = "journal.tsv"
+_GENERATION = "generation.json"  # generation seconds and device, kept across a resume
 _WORK = ".work"
 
 ProgressFactory = Optional[Callable[[str], Callable[[int, int], None]]]
@@ -222,7 +223,7 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
                     out: Path, part: Path, run_info: Dict[str, Any], npz_path: Optional[Path],
                     progress: ProgressFactory, log: Callable[[str], None]) -> Dict[str, Any]:
     stage = part / _STAGE
-    meta_path = part / "generation.json"
+    meta_path = part / _GENERATION
     if stage.exists() and meta_path.exists():
         images = _load_stage(stage, len(data))
         gen = json.loads(meta_path.read_text())
@@ -419,6 +420,11 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
     data = stream.small
     dev = str(resolve_device(job.device))
     t0 = time.perf_counter()
+    meta_path = part / _GENERATION
+    try:  # the seconds earlier invocations of an interrupted run spent, so the manifest counts them all
+        before = float(json.loads(meta_path.read_text())["seconds"]) if meta_path.exists() else 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        before = 0.0
     work = part / _WORK
     work.mkdir(exist_ok=True)
     warning = pseudo_label_warning(method, data)
@@ -449,6 +455,7 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
                 per_image[js[i]] = measured[i]
 
             write_pngs(part, [names[j] for j in js], protected, on_written=record)
+            atomic_write_json(meta_path, {"seconds": before + time.perf_counter() - t0})
 
         t1 = time.perf_counter()
         try:
@@ -458,8 +465,9 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
         finally:
             natives.close()
     method.finish_run(fit, time.perf_counter() - t1)
-    gen = {"seconds": time.perf_counter() - t0, "device": describe_device(dev)}
-    log(f"protected {len(names)} images with {job.method} in {gen['seconds']:.2f}s on {gen['device']}")
+    gen = {"seconds": before + time.perf_counter() - t0, "device": describe_device(dev)}
+    log(f"protected {len(names)} images with {job.method} in {gen['seconds']:.2f}s on {gen['device']}"
+        + (f" ({before:.2f}s of them before the resume)" if before else ""))
     rows = [per_image[j] for j in range(len(names))]
     warning = faint_warning(budget, data, rows, shape_of=lambda j: stream.shapes[j])
     if warning:
@@ -498,7 +506,7 @@ def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, floa
 
 
 def _finalize(part: Path, out: Path) -> None:
-    for name in (_STAGE, _JOURNAL, "generation.json", _RUN):
+    for name in (_STAGE, _JOURNAL, _GENERATION, _RUN):
         (part / name).unlink(missing_ok=True)
     shutil.rmtree(part / _WORK, ignore_errors=True)
     # A kill -9 between creating a temporary file and its rename leaves it behind.

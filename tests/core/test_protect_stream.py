@@ -69,9 +69,12 @@ def test_an_interrupted_stream_resumes_to_the_same_bytes(photos, tmp_path, monke
     part = tmp_path / ".cut.partial"
     written = (part / "journal.tsv").read_text().splitlines()
     assert 8 <= len(written) < 18 and all(len(line.split("\t")) == 3 for line in written)
+    spent = json.loads((part / "generation.json").read_text())["seconds"]
+    assert spent > 0
     logs = []
-    protect_folder(ProtectJob(**job, resume=True), log=logs.append)
-    assert any(f"{len(written)} of 18 images already written" in m for m in logs)
+    manifest = protect_folder(ProtectJob(**job, resume=True), log=logs.append)
+    assert any(f"{len(written)} of 18 images already written" in line for line in logs)
+    assert manifest["wall_seconds"] >= round(spent, 4) and any("before the resume" in line for line in logs)
     assert _files(tmp_path / "cut") == _files(tmp_path / "full")
     assert _manifest(tmp_path / "cut") == _manifest(tmp_path / "full")
 
