@@ -397,7 +397,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from .bench import ResultsDB, load_grid, markdown_report, run_grid
-    from .progress import progress_ui
+    from .progress import fmt_seconds, progress_ui
 
     grid = load_grid(args.grid)
     if args.markdown:  # checked before hours of training, not after
@@ -416,8 +416,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
     print(text)
     if args.markdown:
         _write_text(args.markdown, text)
-    from .progress import fmt_seconds
-
     _print(f"grid done in {fmt_seconds(counts['seconds'])}: {counts['generated']} protected sets made, "
            f"{counts['cached']} from the cache; {counts['trained']} victims trained, {counts['reused']} from "
            f"{args.db}")
