@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, add_record_args, load_splits, record, seeded_subset  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, load_splits, record, run_grid_on, seeded_subset  # noqa: E402
 
 #: The audit suite's defenses (issue list), in their registered spelling.
 DEFENSES = ("none,standard,cutout,mixup,cutmix,gray,jpeg10,bdr2,median,gaussian,ueraser-lite,ueraser,ueraser-max,"
@@ -64,11 +63,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from unlearnable.bench import ResultsDB, defense_table, grid_from_dict, run_grid
+    from unlearnable.bench import defense_table, grid_from_dict
     from unlearnable.cli import parse_seeds
     from unlearnable.device import describe_device, resolve_device
-    from unlearnable.errors import UnlearnableError
-    from unlearnable.progress import progress_ui
     from unlearnable.registry import split_spec_list
     from unlearnable.train.recipes import get_recipe
 
@@ -87,15 +84,8 @@ def main(argv=None) -> int:
     grid = grid_from_dict({"dataset": str(args.data), "name": name, "methods": args.methods, "defenses": defenses,
                            "recipes": [args.recipe], "archs": [args.arch], "epochs": args.epochs,
                            "method_seeds": [args.seed], "seeds": seeds}, where="bench_defenses")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:  # without --db the runs go to a throw-away database
-            db = ResultsDB(args.db or Path(tmp) / "runs.db")
-        except UnlearnableError as e:
-            raise SystemExit(f"error: {e}") from None
-        with db, progress_ui(not args.quiet) as ui:
-            out = run_grid(grid, db, device=dev, data=(train, test), progress=ui,
-                           log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
-            gens = {g["method"]: g for g in db.generations(dataset=grid.label)}
+    out = run_grid_on(grid, (train, test), args.db, dev, args.quiet)
+    gens = {g["method"]: g for g in out["generations"]}
     records = out["records"]
     text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
             f"data: {len(train)} train / {len(test)} test images from {args.data} (load {load_s:.1f} s, not timed); "

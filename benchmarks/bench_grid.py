@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, add_record_args, load_splits, record  # noqa: E402
+from common import DEFAULT_DATA, add_record_args, load_splits, record, run_grid_on  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,10 +45,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from unlearnable.bench import ResultsDB, load_grid, markdown_report, run_grid
+    from unlearnable.bench import load_grid, markdown_report
     from unlearnable.device import describe_device, resolve_device
     from unlearnable.errors import UnlearnableError
-    from unlearnable.progress import progress_ui
 
     try:
         grid = load_grid(args.grid)
@@ -58,14 +56,7 @@ def main(argv=None) -> int:
     dev = str(resolve_device(args.device))
     train, test = load_splits(args.data)
     train, test = train.sample(grid.limit, grid.subset_seed), test.sample(grid.test_limit, grid.subset_seed + 1)
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            db = ResultsDB(args.db or Path(tmp) / "runs.db")
-        except UnlearnableError as e:
-            raise SystemExit(f"error: {e}") from None
-        with db, progress_ui(not args.quiet) as ui:
-            out = run_grid(grid, db, device=dev, data=(train, test), progress=ui, log=log)
+    out = run_grid_on(grid, (train, test), args.db, dev, args.quiet)
     text = (f"device: {describe_device(dev)}; torch {torch.__version__}\n"
             f"data: {len(train)} train / {len(test)} test images from {args.data}; grid {args.grid}; "
             f"wall {out['seconds'] / 60:.1f} min ({out['generated']} protected sets made, {out['cached']} cached; "

@@ -125,6 +125,26 @@ def record(args, section: str, text: str, script: str, argv: Optional[Sequence[s
         append_results(section, text, command_line(script, argv), Path(args.results))
 
 
+def run_grid_on(grid, data, db_path: Optional[str], device: str, quiet: bool) -> dict:
+    """:func:`unlearnable.bench.run_grid` on already loaded ``(train, test)``, into the results
+    database at ``db_path`` (resumable), or into a throw-away one when it is None; with progress
+    lines unless ``quiet``. Returns run_grid's result."""
+    import tempfile
+
+    from unlearnable.bench import ResultsDB, run_grid
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.progress import progress_ui
+
+    log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            db = ResultsDB(db_path or Path(tmp) / "runs.db")
+        except UnlearnableError as e:
+            raise SystemExit(f"error: {e}") from None
+        with db, progress_ui(not quiet) as ui:
+            return run_grid(grid, db, device=device, data=data, progress=ui, log=log)
+
+
 def split_arrays(train, test) -> Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
     """``((x_train, y_train), (x_test, y_test))`` as uint8 NHWC + int64 labels."""
     return (train.stacked(), train.labels), (test.stacked(), test.labels)

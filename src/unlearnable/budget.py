@@ -84,6 +84,11 @@ class Budget:
             value = value / 255.0
         return cls(norm, float(value), str(spec))
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, object]) -> "Budget":
+        """The budget a manifest recorded (:meth:`to_dict`)."""
+        return cls.parse(str(d.get("spec") or d.get("eps")), default_norm=str(d.get("norm", "linf")))
+
     # -- derived -------------------------------------------------------------------------
     @property
     def levels(self) -> int:
@@ -100,6 +105,15 @@ class Budget:
         if self.norm == "l2":
             return f"ℓ2 ≤ {self.eps:g}"
         return f"ℓ0 ≤ {int(self.eps)} px"
+
+    @property
+    def label(self) -> str:
+        """The short form results tables use: ``8/255``, ``l2:0.5``, ``l0:1``, ``none``."""
+        if self.norm == "none":
+            return "none"
+        if self.norm == "linf":
+            return f"{self.levels}/255"
+        return f"{self.norm}:{self.eps:g}"
 
     def to_dict(self) -> Dict[str, object]:
         d: Dict[str, object] = {"norm": self.norm, "eps": None if self.norm == "none" else self.eps, "spec": self.spec}

@@ -198,20 +198,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _audit_cell(protected_path: str) -> Dict[str, Any]:
     """Method, budget and seed of a protected set, for its rows in a results database: from
     its manifest (our outputs and imported poisons), else named after the file or folder."""
-    from .bench.grid import budget_label
     from .budget import Budget
     from .protect import MANIFEST, read_manifest
 
     p = Path(protected_path).expanduser()
     if p.is_dir() and (p / MANIFEST).is_file():
         m = read_manifest(p)
-        b = m.get("budget") or {}
-        try:
-            budget = budget_label(Budget.parse(b.get("spec") or str(b.get("eps")), default_norm=b.get("norm", "linf")))
-        except UnlearnableError:
-            budget = b.get("norm") or ""
         seed = m.get("seed")
-        return {"method": str(m.get("method") or p.name), "budget": budget,
+        return {"method": str(m.get("method") or p.name), "budget": Budget.from_dict(m["budget"]).label,
                 "method_seed": int(seed) if isinstance(seed, int) else -1}
     return {"method": p.resolve().name, "budget": "", "method_seed": -1}
 

@@ -30,14 +30,15 @@ import numpy as np
 from . import __version__
 from .budget import Budget, measure_change, summarize_changes
 from .data import load_images, read_image
-from .data.load import FolderIndex, MemoryCheck, chunk_length, decode_files, decode_in_chunks, index_images
+from .data.load import (FolderIndex, MemoryCheck, chunk_length, decode_files, index_images, largest_side,
+                        read_views)
 from .data.imageset import ImageSet, resize_image
 from .data.save import (atomic_write, atomic_write_json, check_npz_destination, export_npz,
                         move_into_place, output_names, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
 from .errors import UnlearnableError, VerificationError
 from .methods import create_method
-from .methods.base import ProtectedSet, measure_set
+from .methods.base import ProtectedSet, check_within_budget, measure_set
 
 MANIFEST = "manifest.json"
 FORMAT = "unlearnable-protected/1"
@@ -304,8 +305,8 @@ def _stream_index(job: ProtectJob, method, inp: Path) -> Optional[FolderIndex]:
     index = index_images(inp, split=job.split, labels=job.labels)
     if index is None or not index.files:
         return None
-    first, _ = decode_files(index.paths[:1], workers=1)
-    return index if max(first[0].shape[:2]) > STREAM_MIN_SIDE else None
+    side = largest_side(index.paths[0])  # the header: the first image is decoded once, with the rest
+    return index if side is not None and side > STREAM_MIN_SIDE else None
 
 
 @dataclass
@@ -333,30 +334,16 @@ def _load_small(index: FolderIndex, method, seed: int, progress: ProgressFactory
     from .methods.base import working_size_of
 
     side = int(method.working_size)
-    paths = index.paths
-    n = len(paths)
-    small = np.empty((n, side, side, 3), np.uint8)
-    clusters = not index.labelled and method.needs_labels
-    feat = np.empty((n, FEATURE_SIDE, FEATURE_SIDE, 3), np.uint8) if clusters else None
-    shapes: List[Tuple[int, int]] = []
-    digests: List[str] = []
-    tick = progress("load") if progress else None
-    for s, images, sha in decode_in_chunks(paths):
-        for j, im in enumerate(images):
-            small[s + j] = resize_image(im, (side, side))
-            if feat is not None:
-                feat[s + j] = resize_image(im, (FEATURE_SIDE, FEATURE_SIDE))
-            shapes.append(tuple(im.shape[:2]))
-        digests += sha
-        if tick:
-            tick(s + len(sha), n)
+    sides = [side] + ([FEATURE_SIDE] if not index.labelled and method.needs_labels else [])
+    kept, shapes, digests = read_views(index.paths, [lambda im, s=s: resize_image(im, (s, s)) for s in sides],
+                                       progress("load") if progress else None)
     if len(set(shapes)) == 1 and working_size_of(shapes, side) == shapes[0]:
         return None
-    data = index.imageset(small, digests)
+    data = index.imageset(np.stack(kept[0]), digests)
     plan = pseudo_label_plan(method, data)
     target = data
     if plan:
-        found = pseudo_labels(index.imageset(feat, digests), plan["k"], seed=seed)
+        found = pseudo_labels(index.imageset(np.stack(kept[1]), digests), plan["k"], seed=seed)
         target = replace(data, labels=found.labels, classes=found.classes)
     return _Stream(index, data, shapes, target)
 
@@ -444,10 +431,7 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
             batch = ImageSet(clean, None, [], [data.ids[j] for j in js])
             protected = method.apply(batch, [np.negative(d) for d in deltas], budget)
             measured = measure_set(clean, protected)
-            for j, r in zip(js, measured):
-                if not budget.allows(r):  # a method bug, as in Method.protect
-                    raise RuntimeError(f"{method.registry_name} violated its budget {budget.describe()} on "
-                                       f"{data.ids[j]}: {r}")
+            check_within_budget(method.registry_name, budget, measured)
 
             def record(i: int, digest: str) -> None:
                 jf.write(f"{names[js[i]]}\t{digest}\t{json.dumps(measured[i])}\n")
@@ -659,8 +643,7 @@ def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFacto
     """Re-check every output hash, and (with the clean input) every input hash and the budget."""
     out_p = Path(out).expanduser().resolve()
     manifest = read_manifest(out_p)
-    budget = Budget.parse(manifest["budget"]["spec"] or str(manifest["budget"]["eps"]),
-                          default_norm=manifest["budget"]["norm"])
+    budget = Budget.from_dict(manifest["budget"])
     violations: List[str] = []
     files = manifest["files"]
     listed = {f["output"] for f in files}

@@ -117,7 +117,7 @@ def test_a_file_changed_during_the_stream_is_an_error(photos, tmp_path, monkeypa
 
     def tamper(paths, workers=None):
         seen.append(len(paths))
-        if len(seen) == 4 and workers == 1:  # the first file the attack reads again (after the probe)
+        if len(seen) == 4 and workers == 1:  # a file the attack reads again
             Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(paths[0])
         return real(paths, workers)
 

@@ -217,15 +217,6 @@ def generation_key(method, budget, seed: int, data_fingerprint: str) -> str:
     return hashlib.sha256(f"{sig}:{__version__}".encode()).hexdigest()[:32]
 
 
-def budget_label(budget) -> str:
-    """A budget as the database and report show it: ``8/255``, ``l2:0.5``, ``l0:1``, ``none``."""
-    if budget.norm == "none":
-        return "none"
-    if budget.norm == "linf":
-        return f"{budget.levels}/255"
-    return f"{budget.norm}:{budget.eps:g}"
-
-
 def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device: Optional[str] = None,
              data: Optional[Tuple[ImageSet, ImageSet]] = None, progress=None,
              log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
@@ -267,6 +258,8 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
         f"up to {total} victim runs, {describe_device(dev)}")
 
     seen = set()  # clean runs come back once per protected set: count and log them once
+    # What the database held, read once and kept current: run keys identify runs across data set names.
+    known = {r["run_key"]: r for r in db.runs()}
     keys: List[str] = []
 
     def stored(cell: Dict[str, Any]) -> Callable[[Dict[str, Any]], None]:
@@ -276,6 +269,7 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
                 return
             seen.add(ident)
             db.add_run(record, dataset=grid.label, **cell)
+            known.setdefault(record["run_key"], record)
             records.append({**record, "dataset": grid.label, **cell} if record["trained_on"] == "protected" else
                            {**record, "dataset": grid.label, "method": "", "budget": "", "method_seed": -1})
             counts["reused" if record.get("reused") else "trained"] += 1
@@ -292,7 +286,7 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
 
     for i, (spec, budget_spec, mseed) in enumerate(grid.cells(), 1):
         method, budget = prep.methods[spec], prep.budgets[(spec, budget_spec)]
-        blabel = budget_label(budget)
+        blabel = budget.label
         key = generation_key(method, budget, mseed, data_fp)
         keys.append(key)
         log(f"[{i}/{len(grid.cells())}] {spec} @ {blabel}, seed {mseed}")
@@ -318,7 +312,7 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
         for recipe, arch in itertools.product(prep.recipes, grid.archs):
             run_audit(protected, test, clean=train, defenses=grid.defenses, arch=arch, recipe=recipe,
                       seed=grid.seeds, device=dev, size=grid.size, progress=progress, on_result=stored(cell),
-                      reuse=db.runs())  # run keys identify runs across data set names
+                      reuse=list(known.values()))
     counts["seconds"] = time.perf_counter() - t0
     counts["records"] = records
     mine = set(keys)

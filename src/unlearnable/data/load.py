@@ -557,9 +557,17 @@ class FolderIndex:
 def index_images(path: PathLike, split: Optional[str] = "train", labels: str = "auto") -> Optional[FolderIndex]:
     """The :class:`FolderIndex` of an image-folder input (as :func:`load_images` would read it),
     or None for inputs that are one container file (NPZ, CIFAR batches)."""
+    return _folder_index(*_resolve_input(path, labels), split, labels)
+
+
+def _resolve_input(path: PathLike, labels: str):
+    """``(kind, where)`` of an input (:func:`_resolve`), after checking the labels mode."""
     if labels not in LABEL_MODES:
         raise UnlearnableError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
-    kind, where = _resolve(_check_path(path))
+    return _resolve(_check_path(path))
+
+
+def _folder_index(kind: str, where, split: Optional[str], labels: str) -> Optional[FolderIndex]:
     if kind in ("npz", "cifar10", "cifar100"):
         return None
     if kind == "splits":
@@ -570,6 +578,16 @@ def index_images(path: PathLike, split: Optional[str] = "train", labels: str = "
         where = folders[name]
     classes, files, label_of = _scan_image_folder(where, labels)
     return FolderIndex(where, files, classes, label_of, labels)
+
+
+def largest_side(path: str) -> Optional[int]:
+    """The longer side of an image, from its header alone (no pixels decoded; orientation does
+    not change it); None when Pillow cannot read the header (decoding will say why)."""
+    try:
+        with Image.open(path) as im:
+            return max(im.size)
+    except Exception:  # a damaged or foreign file: the decoder gives the one-line error
+        return None
 
 
 def decode_files(paths: Sequence[str], workers: Optional[int] = None):
@@ -603,6 +621,29 @@ def decode_in_chunks(paths: Sequence[str], first: int = 8, target: int = CHUNK_B
         size = chunk_length(nbytes / max(1, len(sha)), target)
 
 
+def read_views(paths: Sequence[str], views: Sequence[Callable[[np.ndarray], np.ndarray]],
+               progress: Optional[Progress] = None, chunk_bytes: int = CHUNK_BYTES):
+    """Read images a chunk at a time (:func:`decode_in_chunks`) and keep only small views of
+    them: ``views[v](image)`` for each image, so a folder of photos never sits in memory whole.
+
+    Returns:
+        ``(kept, shapes, sha256s)``: ``kept[v]`` the list of view ``v`` of every image, each
+        image's native ``(H, W)``, and each file's hash.
+    """
+    kept: List[List[np.ndarray]] = [[] for _ in views]
+    shapes: List[Tuple[int, int]] = []
+    digests: List[str] = []
+    for s, images, sha in decode_in_chunks(paths, target=chunk_bytes):
+        for im in images:
+            shapes.append(tuple(im.shape[:2]))
+            for out, view in zip(kept, views):
+                out.append(view(im))
+        digests += sha
+        if progress is not None:
+            progress(s + len(sha), len(paths))
+    return kept, shapes, digests
+
+
 def load_for_training(path: PathLike, split: Optional[str] = "train", labels: str = "auto",
                       size: Optional[int] = None, default: int = 32, max_native: int = 64,
                       progress: Optional[Progress] = None, chunk_bytes: int = CHUNK_BYTES) -> ImageSet:
@@ -623,20 +664,13 @@ def load_for_training(path: PathLike, split: Optional[str] = "train", labels: st
     if index is None:
         data = load_images(path, split=split, labels=labels, progress=progress)
         return data.resized((size, size)) if size else data
-    paths = index.paths
-    kept: List[np.ndarray] = []
-    shapes: List[Tuple[int, int]] = []
-    digests: List[str] = []
-    for s, images, sha in decode_in_chunks(paths, target=chunk_bytes):
-        for im in images:
-            shapes.append(tuple(im.shape[:2]))
-            if size:
-                kept.append(resize_image(im, (size, size)))
-            else:  # small images stay native until the policy has seen them all
-                kept.append(im if max(im.shape[:2]) <= max_native else resize_image(im, (default, default)))
-        digests += sha
-        if progress is not None:
-            progress(s + len(sha), len(paths))
+    def view(im: np.ndarray) -> np.ndarray:
+        if size:
+            return resize_image(im, (size, size))
+        # Small images stay native until the policy has seen them all.
+        return im if max(im.shape[:2]) <= max_native else resize_image(im, (default, default))
+
+    (kept,), shapes, digests = read_views(index.paths, [view], progress, chunk_bytes)
     hw = (size, size) if size else working_size_of(shapes, default, max_native)
     images = np.stack([resize_image(im, hw) for im in kept]) if kept else np.zeros((0, *hw, 3), np.uint8)
     return index.imageset(images, digests)
@@ -963,10 +997,10 @@ def load_images(
         memory: for image folders, stop with a one-line error once the decoded images pass
             the share of the available memory this check allows (:class:`MemoryCheck`).
     """
-    index = index_images(path, split, labels)
+    kind, where = _resolve_input(path, labels)
+    index = _folder_index(kind, where, split, labels)
     if index is not None:
         return _load_image_folder(index, workers, progress, memory)
-    kind, where = _resolve(_check_path(path))
     if kind == "npz":
         result = _load_npz(where, split, labels)
     else:

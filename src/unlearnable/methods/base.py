@@ -203,10 +203,7 @@ class Method:
             clean=data, protected=data.with_images(images), method=self.registry_name,
             hyperparameters=self.hyperparameters(), budget=b, seed=seed,
             device=describe_device(dev), seconds=seconds, per_image=per_image, pseudo_labels=plan)
-        if not result.within_budget:
-            # A method bug, not a user error: the shared quantisation should make this impossible.
-            worst = max(per_image, key=lambda r: r[b.norm] if b.norm != "none" else 0)
-            raise RuntimeError(f"{self.registry_name} violated its budget {b.describe()}: {worst}")
+        check_within_budget(self.registry_name, b, per_image)
         return result
 
 
@@ -235,6 +232,14 @@ def apply_rule(data: ImageSet, deltas: Deltas, rule: Callable[[np.ndarray, np.nd
             raise RuntimeError(f"{name}: perturbation shape {d.shape} != image {im.shape}")
         res.append(rule(im, d))
     return res
+
+
+def check_within_budget(name: str, budget: Budget, per_image: List[Dict[str, float]]) -> None:
+    """Raise if a measured change exceeds ``budget``: a method bug, not a user error (the shared
+    quantisation should make it impossible), so a ``RuntimeError`` naming the worst image's change."""
+    if not all(budget.allows(r) for r in per_image):
+        worst = max(per_image, key=lambda r: r[budget.norm] if budget.norm != "none" else 0)
+        raise RuntimeError(f"{name} violated its budget {budget.describe()}: {worst}")
 
 
 def grey_levels(delta: np.ndarray) -> np.ndarray:

@@ -259,14 +259,15 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     if progress is not None:
         progress(0, n)
     plan = size_batches(list(shapes) if shapes is not None else [im.shape[:2] for im in images], batch_size)
+    skipped = [skip is not None and skip(idx) for idx in plan]
+    pending = [k for k, s in enumerate(skipped) if not s]
+    after = dict(zip(pending, pending[1:]))  # the next batch to attack after each one
     prefetch = getattr(images, "prefetch", None)  # a sequence that decodes from disk can start the next batch
     for k, idx in enumerate(plan):
         B = len(idx)
-        if prefetch is not None:
-            following = next((b for b in plan[k + 1:] if skip is None or not skip(b)), None)
-            if following is not None:
-                prefetch(following)
-        if skip is not None and skip(idx):
+        if prefetch is not None and k in after:
+            prefetch(plan[after[k]])
+        if skipped[k]:
             done += B
             if progress is not None:
                 progress(done, n)
