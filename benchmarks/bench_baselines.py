@@ -116,6 +116,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from unlearnable.device import describe_device, resolve_device
     from unlearnable.methods import create_method
+    from unlearnable.progress import LineProgress
     from unlearnable.train.engine import train_victim
     from unlearnable.train.recipes import get_recipe
 
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        res = method.protect(train, args.budget, seed=args.seed, device=dev, workdir=wd)
+        res = method.protect(train, args.budget, seed=args.seed, device=dev, workdir=wd,
+                             progress=LineProgress(every=30.0).task(f"generating {name}"))
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
         gen_s = time.perf_counter() - t1

@@ -61,6 +61,25 @@ def check_same_classes(a: ImageSet, b: ImageSet, what_a: str, what_b: str) -> No
         raise UnlearnableError(f"{what_a} and {what_b} have different classes: {a.classes} vs {b.classes}")
 
 
+def check_counterparts(protected: ImageSet, clean: ImageSet) -> None:
+    """Refuse a clean set that is not the clean version of the protected images (by id): the
+    clean victims would train on other images and the drop would mean nothing."""
+    known = set(clean.ids)
+    missing = [i for i in protected.ids if i not in known]
+    if missing:
+        raise UnlearnableError(f"{len(missing)} of the {len(protected)} protected images have no clean counterpart "
+                               f"(first: {missing[0]}); --clean must be the folder (and split) that was protected")
+
+
+def test_overlap(test: ImageSet, *train: Optional[ImageSet]) -> int:
+    """How many test images are byte-for-byte training files (by source sha256, where known):
+    a test set drawn from the training images measures memory, not generalisation."""
+    if test.sha256 is None:
+        return 0
+    seen = {h for t in train if t is not None and t.sha256 is not None for h in t.sha256}
+    return sum(1 for h in test.sha256 if h in seen)
+
+
 def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
                   seed: int = 0) -> Tuple[ImageSet, ImageSet, ImageSet]:
     """A test set for a data owner who has only their own images.
@@ -77,11 +96,7 @@ def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
         raise UnlearnableError(f"--holdout must be a fraction between 0 and 1, got {fraction:g}")
     labels = clean.require_labels("holding out a test set")
     check_same_classes(protected, clean, "protected set", "clean set")
-    known = set(clean.ids)
-    missing = [i for i in protected.ids if i not in known]
-    if missing:
-        raise UnlearnableError(f"{len(missing)} protected images have no clean counterpart (first: {missing[0]}); "
-                               "--clean must be the folder that was protected")
+    check_counterparts(protected, clean)
     rng = np.random.default_rng(seed)
     held = set()
     wanted = set(protected.ids)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .errors import UnlearnableError
+from .errors import Interrupted, UnlearnableError
 from .registry import parse_value, split_spec_list
 
 
@@ -60,7 +60,12 @@ def cmd_protect(args: argparse.Namespace) -> int:
     print(f"measured change: ℓ∞ max {n['linf_grey_levels']['max']:.0f} grey levels "
           f"(mean {n['linf_grey_levels']['mean']:.2f}), ℓ2 max {n['l2']['max']:.3f}, "
           f"mean |Δ| {n['mean_abs_grey_levels']['mean']:.2f} levels; total {time.perf_counter() - t0:.1f}s")
-    if not args.quiet:  # the budget says how small the change is, not how well it protects
+    if args.quiet:
+        pass
+    elif manifest.get("labels_used") != "given":  # audit scores victims against the true classes
+        _print("how much a trainer can still learn from it: `unlearnable audit` needs class labels; audit a copy "
+               "of (some of) these images sorted into class folders, protected the same way")
+    else:  # the budget says how small the change is, not how well it protects
         _print(f"how much a trainer can still learn from it: unlearnable audit {shlex.quote(str(args.out))} "
                f"--clean {shlex.quote(str(args.input))} --defenses none,standard,jpeg10,op+strong-aug+cutmix:p=0.5,standard+early-stop:source=clean")
     return 0
@@ -70,22 +75,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .progress import progress_ui
     from .protect import raise_if_failed, verify_output
 
+    from .budget import parse_budget
+
+    expect = parse_budget(args.eps) if args.eps is not None else None
     with progress_ui(not args.quiet) as ui:
-        report = verify_output(args.output, args.clean, progress=ui)
-    if args.json:
+        report = verify_output(args.output, args.clean, progress=ui, expect=expect)
+    if args.json:  # stdout is the JSON alone, for a pipe; the human lines go to stderr
         print(json.dumps({"ok": report.ok, "n_files": report.n_files, "violations": report.violations,
-                          "budget": report.budget.to_dict(), "norms": report.norms,
+                          "budget": report.budget.to_dict(), "declared_budget": report.declared.to_dict(),
+                          "method": report.method, "norms": report.norms,
                           "budget_checked": report.checked_budget}, indent=1))
+    say = _print if args.json else print
     for v in report.violations[:10]:
         _print(f"violation: {v}")
     raise_if_failed(report)
+    made = f"made by {report.method or '?'}, declared {report.declared.describe()}"
     if report.checked_budget:
         lmax = report.norms.get("linf", {}).get("max", 0.0)
         # No bound declared (CUDA, imported poisons): nothing to be within, only what was measured.
         within = "" if report.budget.norm == "none" else f" and are within {report.budget.describe()}"
-        print(f"OK: {report.n_files} files match their hashes{within} (measured ℓ∞ max {lmax:.0f} grey levels)")
+        say(f"OK: {report.n_files} files match their hashes{within} (measured ℓ∞ max {lmax:.0f} grey levels; {made})")
     else:
-        print(f"OK: {report.n_files} files match their hashes (pass --clean INPUT to re-measure the budget)")
+        say(f"OK: {report.n_files} files match their hashes ({made}; pass --clean INPUT to re-measure the budget)")
     return 0
 
 
@@ -104,6 +115,21 @@ def _test_set(args: argparse.Namespace, protected, clean):
     """The clean test set for victims: ``--test``, the ``--clean`` folder's test split, or a
     ``--holdout`` fraction of the clean images (default 0.2 when there is nothing else),
     dropped from both training sets. Returns ``(protected, clean, test, note)``."""
+    from .audit import check_counterparts, test_overlap
+
+    protected, clean, test, note = _pick_test_set(args, protected, clean)
+    if clean is not None:
+        check_counterparts(protected, clean)
+    shared = test_overlap(test, clean)
+    if shared > len(test) // 2:  # the same folder twice, not a few duplicate photos
+        raise UnlearnableError(f"{shared} of the {len(test)} test images are also clean training images; "
+                               "pass a test set the victims do not train on (or leave out --test to hold one out)")
+    if shared:
+        _print(f"warning: {shared} of the {len(test)} test images are also clean training images (duplicate files)")
+    return protected, clean, test, note
+
+
+def _pick_test_set(args: argparse.Namespace, protected, clean):
     from .audit import holdout_split
     from .data import find_splits, load_for_training
 
@@ -250,12 +276,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from .data import check_split
     from .data.save import check_writable
 
     what = args.what
     for dest in (args.json, args.out if what == "tsne" else None):
         if dest:
             check_writable(dest)
+    check_split(args.clean, args.split)
     protected, clean = _aligned_pair(args.protected, args.clean, args.split)
     _print(f"protected: {protected.summary()}; clean: {clean.summary()}")
     out: Dict[str, Any] = {"analysis": what, "protected": str(args.protected), "clean": str(args.clean),
@@ -349,7 +377,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .data import load_images
+    from .data import check_split, load_images
     from .data.save import check_npz_destination, export_npz
     from .protect import check_output_location
 
@@ -359,6 +387,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_npz_destination(dest, args.overwrite)
     else:
         check_output_location(Path(args.input).expanduser().resolve(), dest, args.overwrite)
+    check_split(args.input, args.split)
     data = load_images(args.input, split=args.split)
     if args.size:
         data = data.resized((args.size, args.size))
@@ -531,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-check a protected output's hashes and budget")
     v.add_argument("output")
     v.add_argument("--clean", default=None, help="the clean input, to re-measure the budget")
-    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--eps", default=None, help="hold the images to this budget (e.g. 8/255) instead of the one "
+                   "the manifest declares; needs --clean")
+    v.add_argument("--json", action="store_true", help="print the report as JSON on stdout (messages on stderr)")
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_verify)
 
@@ -671,8 +702,16 @@ def _add_victim_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--epochs", type=_positive_int, default=None, help=f"{what}override the recipe's epochs")
 
 
+_TERMINATED = []  # set by SIGTERM: an interrupted run then exits 143 rather than 130
+
+
 def _sigterm(signum, frame):  # pragma: no cover - exercised by the resume test via a subprocess
+    _TERMINATED.append(signum)
     raise KeyboardInterrupt
+
+
+def _interrupted_code() -> int:
+    return 143 if _TERMINATED else 130
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -686,13 +725,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except UnlearnableError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _interrupted_code() if isinstance(exc, Interrupted) else exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted_code()
     except BrokenPipeError:  # `unlearnable methods | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141  # what a shell reports for a process ended by SIGPIPE
+    except OSError as exc:  # a folder that cannot be written, a full disk: the cause, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

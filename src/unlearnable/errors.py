@@ -22,3 +22,10 @@ class VerificationError(UnlearnableError):
     """A protected output failed verification (budget or hash mismatch)."""
 
     exit_code = 1
+
+
+class Interrupted(UnlearnableError):
+    """The run was stopped (Ctrl-C or SIGTERM) with its work kept for ``--resume``; the CLI exits
+    130 (SIGINT) or 143 (SIGTERM), as a shell reports a process stopped by that signal."""
+
+    exit_code = 130

@@ -29,14 +29,14 @@ import numpy as np
 
 from . import __version__
 from .budget import Budget, measure_change, summarize_changes
-from .data import load_images, read_image
+from .data import check_split, load_images, read_image
 from .data.load import (FolderIndex, MemoryCheck, chunk_length, decode_files, index_images, largest_side,
                         read_views)
 from .data.imageset import ImageSet, resize_image
-from .data.save import (atomic_write, atomic_write_json, check_npz_destination, export_npz,
+from .data.save import (atomic_write, atomic_write_json, check_npz_destination, check_output_folder, export_npz,
                         move_into_place, output_names, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
-from .errors import UnlearnableError, VerificationError
+from .errors import Interrupted, UnlearnableError, VerificationError
 from .methods import create_method
 from .methods.base import ProtectedSet, check_within_budget, measure_set
 
@@ -74,12 +74,7 @@ def check_output_location(inp: Path, out: Path, overwrite: bool) -> None:
         raise UnlearnableError(f"output {out} is inside the input {inp}; choose a folder outside it")
     if _is_within(inp, out):
         raise UnlearnableError(f"output {out} contains the input {inp}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise UnlearnableError(f"output {out} exists and is not a folder")
-    if out.exists() and not overwrite:
-        raise UnlearnableError(f"output {out} already exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise UnlearnableError(f"cannot create {out}: its parent folder {out.parent} does not exist")
+    check_output_folder(out, overwrite)
 
 
 def partial_dir(out: Path) -> Path:
@@ -149,6 +144,7 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     if not inp.exists():
         raise UnlearnableError(f"input {inp} does not exist")
     inp = inp.resolve()
+    check_split(inp, job.split)
     out = Path(job.out).expanduser().resolve()
     check_output_location(inp, out, job.overwrite)
     part = partial_dir(out)
@@ -213,7 +209,7 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
             return _run_streaming(job, method, budget, stream, names, out, part, progress, log)
         return _run_in_partial(job, method, budget, data, names, inp, out, part, run_info, npz_path, progress, log)
     except KeyboardInterrupt:
-        raise UnlearnableError(f"interrupted; {part} kept: rerun with --resume to continue") from None
+        raise Interrupted(f"interrupted; {part} kept: rerun with --resume to continue") from None
     except BaseException:
         if created_here and not (part / _STAGE).exists() and not (part / _JOURNAL).exists():
             shutil.rmtree(part, ignore_errors=True)
@@ -538,9 +534,13 @@ def compose_manifest(head: Dict[str, Any], budget: Budget, data: ImageSet, names
         "device": head.get("device"),
         "wall_seconds": round(float(head.get("wall_seconds", 0.0)), 4),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": {"path": head.get("input_path"), "split": head.get("split", "train"),
+        # The input's name, not its path: a published folder must not carry the owner's home
+        # directory; verify and audit are told where the clean input is (--clean).
+        "input": {"name": Path(head["input_path"]).name if head.get("input_path") else None,
+                  "split": head.get("split", "train"),
                   "labels": head.get("labels", "auto"), "source": data.source, "n_images": len(data),
-                  "classes": data.classes, "source_files": data.source_files,
+                  "classes": data.classes,
+                  **({"source_files": data.source_files} if data.source_files else {}),
                   **({"subset_of": int(head["subset_of"])} if head.get("subset_of") else {})},
         "labels_used": "pseudo" if plan else ("given" if data.labels is not None else "none"),
         "pseudo_labels": plan,
@@ -564,8 +564,8 @@ def save_protected(result: ProtectedSet, out: str, *, overwrite: bool = False, i
     out_p = Path(out).expanduser().resolve()
     if input_path is not None:
         check_output_location(Path(input_path).expanduser().resolve(), out_p, overwrite)
-    elif out_p.exists() and not overwrite:
-        raise UnlearnableError(f"output {out_p} already exists; pass --overwrite to replace it")
+    else:
+        check_output_folder(out_p, overwrite)
     data = result.clean
     names = output_names(data.ids)
     part = partial_dir(out_p)
@@ -631,19 +631,30 @@ class VerifyReport:
     n_files: int
     violations: List[str]
     norms: Dict[str, Dict[str, float]]
-    budget: Budget
+    budget: Budget  # what the images were held to: the declared budget, or the one asked for
     checked_budget: bool
+    declared: Optional[Budget] = None  # what the manifest says
+    method: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
 
-def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFactory = None) -> VerifyReport:
-    """Re-check every output hash, and (with the clean input) every input hash and the budget."""
+def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFactory = None,
+                  expect: Optional[Budget] = None) -> VerifyReport:
+    """Re-check every output hash, and (with the clean input) every input hash and the budget.
+
+    ``expect``: the budget to hold the images to instead of the one the manifest declares, for
+    someone checking a folder they did not make (a manifest is only as honest as its writer);
+    it needs ``clean``, since only the pixels can show it."""
     out_p = Path(out).expanduser().resolve()
     manifest = read_manifest(out_p)
-    budget = Budget.from_dict(manifest["budget"])
+    declared = Budget.from_dict(manifest["budget"])
+    if expect is not None and clean is None:
+        raise UnlearnableError("checking against a budget of your own (--eps) needs the clean input (--clean) "
+                               "to re-measure the pixels")
+    budget = expect if expect is not None else declared
     violations: List[str] = []
     files = manifest["files"]
     listed = {f["output"] for f in files}
@@ -715,7 +726,8 @@ def verify_output(out: str, clean: Optional[str] = None, progress: ProgressFacto
         if tick:
             tick(s0, len(files))
     norms = summarize_changes(per_image) if per_image else {}
-    return VerifyReport(len(files), violations, norms, budget, clean is not None)
+    return VerifyReport(len(files), violations, norms, budget, clean is not None, declared,
+                        str(manifest.get("method", "")))
 
 
 def raise_if_failed(report: VerifyReport) -> None:

@@ -74,6 +74,24 @@ def test_audit_errors(tmp_path, capsys):
         assert code == 2 and err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1, err
 
 
+def test_audit_refuses_a_clean_set_of_other_images_in_every_mode(tmp_path, capsys):
+    """The clean victims must train on the clean versions of the protected images, whichever
+    way the test set is chosen; and a test set that is the training folder again is refused."""
+    train = colour_folder(tmp_path / "train")
+    out = protected_folder(train, tmp_path / "prot", "random", capsys)
+    other = colour_folder(tmp_path / "split" / "train", n_per_class=3, seed=2)
+    colour_folder(tmp_path / "split" / "test", n_per_class=3, seed=3)
+    test = colour_folder(tmp_path / "test", n_per_class=3, seed=4)
+    fast = ["--recipe", "cpu-small", "--epochs", "1", "--quiet"]
+    for extra in ([], ["--test", str(test)]):  # the folder's test split; a test folder
+        code = main(["audit", str(out), "--clean", str(other.parent), *extra, *fast])
+        err = capsys.readouterr().err
+        assert code == 2 and "no clean counterpart" in err and len(err.strip().splitlines()) == 1, err
+    code = main(["audit", str(out), "--clean", str(train), "--test", str(train), *fast])
+    err = capsys.readouterr().err
+    assert code == 2 and "also clean training images" in err, err
+
+
 def test_audit_holds_out_a_test_set_from_the_owners_folder(tmp_path, capsys):
     # A data owner has only their photos: audit tests on clean images neither victim trained on.
     train = colour_folder(tmp_path / "photos", n_per_class=10)

@@ -128,9 +128,28 @@ def test_verify_catches_tampering_and_budget_violation(tmp_path, capsys):
     (out / "manifest.json").write_text(json.dumps(m))
     code, o = run(["verify", out, "--clean", src, "--quiet"], capsys)
     assert code == 1 and "exceeds" in o.err
+    # A manifest that declares a looser budget passes on its own word, not against the user's.
+    m["budget"] = {"norm": "linf", "eps": 64 / 255}
+    (out / "manifest.json").write_text(json.dumps(m))
+    code, o = run(["verify", out, "--clean", src, "--quiet"], capsys)
+    assert code == 0 and "64/255" in o.out
+    code, o = run(["verify", out, "--clean", src, "--eps", "8/255", "--quiet"], capsys)
+    assert code == 1 and "exceeds" in o.err and "8/255" in o.err
+    code, o = run(["verify", out, "--eps", "8/255", "--quiet"], capsys)
+    assert_one_line_error(code, o, "--clean")
     (out / "extra.png").write_bytes(target.read_bytes())
     code, o = run(["verify", out, "--quiet"], capsys)
     assert code == 1 and "extra.png" in o.err
+
+
+def test_verify_json_is_the_whole_stdout(tmp_path, capsys):
+    src = make_folder(tmp_path / "in", mixed=False)
+    out = tmp_path / "out"
+    assert run(["protect", src, "--out", out, "--quiet"], capsys)[0] == 0
+    code, o = run(["verify", out, "--clean", src, "--json", "--quiet"], capsys)
+    report = json.loads(o.out)
+    assert code == 0 and report["ok"] and report["method"] == "pil" and report["declared_budget"]["norm"] == "linf"
+    assert "OK:" in o.err
 
 
 def test_npz_export_matches_pngs(tmp_path, capsys):
@@ -253,8 +272,34 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     code, o = run(["protect", src, "--out", out], capsys)
     assert_one_line_error(code, o, "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only what this tool wrote: a user's folder is never deleted.
     code, o = run(["protect", src, "--out", out, "--overwrite", "--quiet"], capsys)
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert_one_line_error(code, o, "did not write")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder is fair game
+    code, o = run(["protect", src, "--out", out, "--overwrite", "--quiet"], capsys)
+    assert code == 0 and (out / "manifest.json").exists()
+    code, o = run(["protect", src, "--out", out, "--overwrite", "--quiet", "--seed", "1"], capsys)
+    assert code == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 1
+
+
+def test_outputs_follow_the_umask(tmp_path, capsys):
+    """Files of a folder meant for publishing are readable by others under the usual umask
+    (mkstemp alone would make them 0600)."""
+    src = make_folder(tmp_path / "in", mixed=False)
+    old = os.umask(0o022)
+    try:
+        import unlearnable.data.save as save
+        mode = save._file_mode()
+    finally:
+        os.umask(old)
+    assert mode == 0o644
+    code, _ = run(["protect", src, "--out", tmp_path / "out", "--quiet"], capsys)
+    assert code == 0
+    expected = save._FILE_MODE
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            assert f.stat().st_mode & 0o777 == expected, f
 
 
 @pytest.mark.parametrize("eps", ["-1", "abc", "300", "8/0", "0"])
@@ -325,7 +370,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, capsys, monkeypat
     monkeypatch.setattr(save, "encode_png", flaky)
     out = tmp_path / "out"
     code, o = run(["protect", src, "--out", out, "--quiet"], capsys)
-    assert code == 2 and "--resume" in o.err
+    assert code == 130 and "--resume" in o.err  # as a shell reports Ctrl-C
     assert not out.exists() and (tmp_path / ".out.partial").exists()
     monkeypatch.setattr(save, "encode_png", real)
 
@@ -344,22 +389,26 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume(tmp_path):
-    """A real SIGKILL mid-write, then --resume, gives the same bytes as an uninterrupted run."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_kill_then_resume(tmp_path, sig, code):
+    """A real kill mid-write, then --resume, gives the same bytes as an uninterrupted run; a
+    SIGTERM or Ctrl-C exits as a shell expects (143, 130) with one line saying what was kept."""
     src = random_folder(tmp_path / "in", 600, (32, 32))
     cmd = [sys.executable, "-m", "unlearnable.cli", "protect", str(src), "--method", "random", "--quiet"]
     subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True)
     out = tmp_path / "out"
     journal = tmp_path / ".out.partial" / "journal.tsv"
-    proc = subprocess.Popen(cmd + ["--out", str(out)])
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if journal.exists() and journal.stat().st_size > 2000:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             break
         time.sleep(0.005)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert proc.returncode == code, "the run finished before it could be stopped"
+    err = proc.stderr.read().strip()
+    assert sig == signal.SIGKILL or (len(err.splitlines()) == 1 and "--resume" in err), err
     assert not out.exists()
     r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "--resume" in r.stderr
@@ -445,7 +494,7 @@ def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, 
 
     monkeypatch.setattr(mbase.Method, "apply", interrupted)
     code, o = run(base + ["--out", tmp_path / "out"], capsys)
-    assert code == 2 and "--resume" in o.err
+    assert code == 130 and "--resume" in o.err
     assert list((tmp_path / ".out.partial" / ".work").glob("*.ckpt.pt"))  # the checkpoint survived
     monkeypatch.setattr(mbase.Method, "apply", real)
     assert run(base + ["--out", tmp_path / "out", "--resume"], capsys)[0] == 0
@@ -495,3 +544,14 @@ def test_upsampling_methods_warn_on_mixed_sizes(tmp_path, capsys):
     same = make_folder(tmp_path / "same", n_per_class=3, mixed=False)
     code, o = run(["protect", same, "--out", tmp_path / "em2", "--method", "em", *smoke], capsys)
     assert code == 0 and "upsamples" not in o.err
+
+
+def test_a_split_the_input_does_not_have_is_refused(tmp_path, capsys):
+    """--split test on a folder without split folders used to protect the whole folder and
+    record "test" in the manifest."""
+    src = make_folder(tmp_path / "in", mixed=False)
+    for cmd in (["protect", src, "--out", tmp_path / "out", "--split", "test"],
+                ["export", src, tmp_path / "x.npz", "--split", "test"]):
+        code, o = run(cmd, capsys)
+        assert_one_line_error(code, o, "no split folders")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.npz").exists()

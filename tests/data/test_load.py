@@ -321,6 +321,7 @@ def test_hidden_files_and_folders_skipped(tmp_path):
     (tmp_path / ".gitignore").write_text("*\n")
     (tmp_path / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")  # what Windows leaves in photo folders
     (tmp_path / "dog" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    save_rgb(tmp_path / "__MACOSX" / "cat" / "._000.png")  # a folder unzipped from a Mac
     s = load_images(tmp_path)
     assert s.classes == ["cat", "dog"]
     assert s.ids == ["cat/000.png", "dog/000.png"]

@@ -83,7 +83,7 @@ from ..budget import Budget
 from ..errors import UnlearnableError
 from .imageset import ImageSet, Images
 from .load import _RestrictedUnpickler, _read_bytes, load_images, read_image, read_npz, read_numpy
-from .save import atomic_write_bytes, encode_png, move_into_place
+from .save import atomic_write_bytes, check_output_folder, encode_png, move_into_place
 
 FORMATS = ("png-index", "em-pt", "rem-pkl", "ntga-npy", "avatar-npz")
 _IMAGE_KEYS = ("x", "x_train", "data", "images", "poison", "poisoned")
@@ -550,12 +550,7 @@ def export_png_index(protected: ImageSet, folder, overwrite: bool = False) -> Pa
     ``overwrite`` replaced once the new one is complete.
     """
     out = Path(folder).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise UnlearnableError(f"output {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise UnlearnableError(f"output {out} exists and is not a folder")
-    if not out.parent.is_dir():
-        raise UnlearnableError(f"{out.parent}: folder does not exist")
+    check_output_folder(out, overwrite)
     part = out.parent / f".{out.name}.partial"
     if part.exists():
         shutil.rmtree(part)

@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct  # type: ignore
     from numpy.core.numeric import _frombuffer as _np_frombuffer  # type: ignore
 
-__all__ = ["read_image", "load_images", "find_splits"]
+__all__ = ["read_image", "load_images", "find_splits", "check_split"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Callable[[int, int], None]
@@ -391,9 +391,10 @@ def _collect(arrays: List[Optional[np.ndarray]]):
 # ---------------------------------------------------------------------------------------
 # folder scanning
 # ---------------------------------------------------------------------------------------
-#: Files the operating system drops into photo folders (Windows thumbnail caches, folder
-#: settings): skipped like hidden files, where any other non-image file is an error.
-_OS_METADATA = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+#: Files and folders the operating system drops into photo folders (Windows thumbnail caches,
+#: folder settings, the resource forks macOS zips carry in ``__MACOSX``): skipped like hidden
+#: files, where any other non-image file is an error.
+_OS_METADATA = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r", "__macosx"})
 
 
 def _is_hidden(name: str) -> bool:
@@ -973,6 +974,15 @@ def find_splits(path: PathLike) -> List[str]:
     if kind == "splits":
         return sorted(where[1])
     return []
+
+
+def check_split(path: PathLike, split: Optional[str]) -> None:
+    """Refuse a split other than the default that ``path`` cannot offer: the loaders read a
+    single set whatever ``split`` says (a test folder is loaded with ``split="test"``), so a
+    user's ``--split test`` on a folder without splits would silently protect all of it."""
+    if split and split != "train" and not find_splits(path):
+        raise UnlearnableError(f"{path} has no split folders (train/, test/, ...): --split {split} does not apply; "
+                               "leave it out to use the whole folder")
 
 
 def load_images(

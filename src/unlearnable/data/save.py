@@ -26,6 +26,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the process umask: mkstemp makes
+    its files 0600, and a folder meant for publishing must not come out unreadable to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place
     atomically: ``path`` is either its old self or complete, never half-written."""
@@ -34,6 +45,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -134,6 +147,40 @@ def check_writable(path) -> Path:
     if p.is_dir():
         raise UnlearnableError(f"cannot write {p}: it is a folder")
     return p
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that cannot or must not be written, before any work is done.
+
+    With ``overwrite`` an existing folder is replaced only if it is empty or was written by
+    this package (a protected folder's ``manifest.json``, or an export's ``NNNNN.png`` files):
+    ``--out ~/Documents --overwrite`` must not delete a user's files.
+    """
+    if out.exists() and not out.is_dir():
+        raise UnlearnableError(f"output {out} exists and is not a folder")
+    if out.exists() and not overwrite:
+        raise UnlearnableError(f"output {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not _written_here(out):
+        raise UnlearnableError(f"output {out} holds files this tool did not write; refusing to replace it "
+                               "(remove it yourself, or choose another folder)")
+    if not out.parent.is_dir():
+        raise UnlearnableError(f"cannot create {out}: its parent folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UnlearnableError(f"cannot create {out}: no permission to write in {out.parent}")
+
+
+def _written_here(folder: Path) -> bool:
+    """Whether ``folder`` is empty or one of this package's outputs (see check_output_folder)."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            return str(json.loads(manifest.read_text()).get("format", "")).startswith("unlearnable-")
+        except (OSError, ValueError, AttributeError):
+            return False
+    return all(e.is_file() and e.suffix == ".png" and e.stem.isdigit() for e in entries)
 
 
 def move_into_place(part: Path, out: Path) -> None:
