@@ -72,12 +72,20 @@ def check_counterparts(protected: ImageSet, clean: ImageSet) -> None:
 
 
 def test_overlap(test: ImageSet, *train: Optional[ImageSet]) -> int:
-    """How many test images are byte-for-byte training files (by source sha256, where known):
-    a test set drawn from the training images measures memory, not generalisation."""
-    if test.sha256 is None:
+    """How many test images are also training images (by source file sha256 when every set
+    has them, else by pixels): a test set drawn from the training images measures memory,
+    not generalisation."""
+    sets = [t for t in train if t is not None]
+    if not sets:
         return 0
-    seen = {h for t in train if t is not None and t.sha256 is not None for h in t.sha256}
-    return sum(1 for h in test.sha256 if h in seen)
+
+    def keys(s: ImageSet) -> List[str]:
+        if all(t.sha256 is not None for t in [test, *sets]):
+            return list(s.sha256)
+        return [fingerprint(s.image(i)) for i in range(len(s))]
+
+    seen = {k for t in sets for k in keys(t)}
+    return sum(1 for k in keys(test) if k in seen)
 
 
 def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
@@ -349,6 +357,13 @@ def best_epoch_warnings(records: List[Dict[str, Any]], gap: float = 0.10) -> Lis
                        f"{100 * final:.1f}%; a trainer who keeps the epoch that scores best on clean labelled images "
                        "gets the higher number")
     return out
+
+
+def diverged_warnings(records: List[Dict[str, Any]]) -> List[str]:
+    """One line per run whose training diverged (:class:`~unlearnable.train.engine.TrainResult`):
+    its accuracy is a failed training, not a measure of the data."""
+    return [f"{r['defense']}/{r['trained_on']} (seed {r.get('seed')}) diverged at epoch {r.get('diverged_epoch')}; "
+            "its accuracy is not a result (lower the recipe's lr)" for r in records if r.get("diverged")]
 
 
 def markdown_table(records: List[Dict[str, Any]]) -> str:

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import Interrupted, UnlearnableError
 from .registry import parse_value, split_spec_list
@@ -59,7 +59,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
           f"({b['spec'] or b['norm']}) → {Path(args.out).resolve()}")
     print(f"measured change: ℓ∞ max {n['linf_grey_levels']['max']:.0f} grey levels "
           f"(mean {n['linf_grey_levels']['mean']:.2f}), ℓ2 max {n['l2']['max']:.3f}, "
-          f"mean |Δ| {n['mean_abs_grey_levels']['mean']:.2f} levels; total {time.perf_counter() - t0:.1f}s")
+          f"mean |Δ| {n['mean_abs_grey_levels']['mean']:.2f} levels; this command took {time.perf_counter() - t0:.1f}s")
     if args.quiet:
         pass
     elif manifest.get("labels_used") != "given":  # audit scores victims against the true classes
@@ -148,7 +148,7 @@ def _pick_test_set(args: argparse.Namespace, protected, clean):
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, markdown_table, recovered_accuracy, run_audit, best_epoch_warnings
+    from .audit import AuditLog, best_epoch_warnings, diverged_warnings, markdown_table, recovered_accuracy, run_audit
     from .data.save import check_writable
     from .data import load_for_training
     from .progress import progress_ui
@@ -161,17 +161,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     log = AuditLog(args.json, resume=args.resume, overwrite=args.overwrite, reuse=args.reuse or ())
     if args.markdown:
         check_writable(args.markdown)
+    recipe = _check_victim_args(args, defenses)
     db = None
     if args.db:
         from .bench import ResultsDB
 
         db = ResultsDB(args.db)
         cell = _audit_cell(args.protected)
-        label = Path(args.clean or args.protected).expanduser().resolve().name
+        label = [Path(args.clean or args.protected).expanduser().resolve().name]  # + the holdout, once known
 
         def keep(record):
             log.add(record)
-            db.add_run(record, dataset=label, **cell)
+            db.add_run(record, dataset=label[0], **cell)
     from .protect import load_protected
 
     # At the victims' input size as they load: a folder of photos never sits in memory at full size.
@@ -184,6 +185,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
                "clean victims train on those")
         clean = clean.subset(clean.positions(protected.ids))
     protected, clean, test, held = _test_set(args, protected, clean)
+    if db is not None and held:  # named as a grid names a set with a held-out test part
+        from .bench.grid import holdout_label
+
+        label[0] = holdout_label(label[0], 0.2 if args.holdout is None else args.holdout)
     _print(f"protected: {protected.summary()}; test: {test.summary()}{held}"
            + (f"; clean: {clean.summary()}" if clean else ""))
     if len(protected) < 500 or len(test) < 200:
@@ -192,7 +197,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         with progress_ui(not args.quiet) as ui:
             records = run_audit(protected, test, clean=clean, defenses=defenses, arch=args.arch,
-                                recipe=auto_recipe(args.recipe, args.device),
+                                recipe=recipe,
                                 epochs=args.epochs, seed=seeds, device=args.device, size=args.size,
                                 progress=ui, on_result=keep if db else log.add,
                                 reuse=log.earlier + (db.runs() if db else []))
@@ -216,14 +221,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if rec:
         over = f"; mean of {rec['n']} seeds, best run {100 * rec['max_acc']:.2f}%" if rec["n"] > 1 else ""
         _print(f"recovered accuracy: {100 * rec['final_acc']:.2f}% ({rec['defense']}{over})")
-    for w in best_epoch_warnings(records):
+    for w in best_epoch_warnings(records) + diverged_warnings(records):
         _print(f"warning: {w}")
     return 0
 
 
 def _audit_cell(protected_path: str) -> Dict[str, Any]:
-    """Method, budget and seed of a protected set, for its rows in a results database: from
-    its manifest (our outputs and imported poisons), else named after the file or folder."""
+    """Method, budget and seed of a protected set, for its rows in a results database (the
+    keyword arguments of :meth:`~unlearnable.bench.ResultsDB.add_run`): from its manifest (our
+    outputs and imported poisons), else named after the file or folder.
+
+    An imported poison's method is ``import:<format>:<name>`` (the name it was imported under)
+    and its ``protected_id`` the poison file's sha256, a protected folder's the hash of its
+    method and hyperparameters: the report gives two poisons of one name a column each. The
+    manifest's list of clean input hashes fingerprints the data set, so that two data sets of
+    one name get a table each.
+    """
+    import hashlib
+
+    from .bench.store import manifest_fingerprint
     from .budget import Budget
     from .protect import MANIFEST, read_manifest
 
@@ -231,8 +247,16 @@ def _audit_cell(protected_path: str) -> Dict[str, Any]:
     if p.is_dir() and (p / MANIFEST).is_file():
         m = read_manifest(p)
         seed = m.get("seed")
-        return {"method": str(m.get("method") or p.name), "budget": Budget.from_dict(m["budget"]).label,
-                "method_seed": int(seed) if isinstance(seed, int) else -1}
+        method = str(m.get("method") or p.name)
+        hyper = m.get("hyperparameters") or {}
+        if method.startswith("import:") and hyper.get("name"):
+            method = f"{method}:{hyper['name']}"
+        ident = hyper.get("sha256") if method.startswith("import:") else None
+        if not ident:
+            ident = hashlib.sha256(json.dumps([method, hyper], sort_keys=True, default=str).encode()).hexdigest()
+        return {"method": method, "budget": Budget.from_dict(m["budget"]).label,
+                "method_seed": int(seed) if isinstance(seed, int) else -1,
+                "dataset_fingerprint": manifest_fingerprint(m), "protected_id": ident}
     return {"method": p.resolve().name, "budget": "", "method_seed": -1}
 
 
@@ -291,7 +315,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if what == "quality":
         from .analysis.quality import quality_report
 
-        rep = quality_report(clean.images, protected.images)
+        rep = quality_report(clean.images, protected.images, size=args.size)
         out.update({k: v for k, v in rep.items() if not isinstance(v, np.ndarray)})
         print(f"PSNR mean {rep['psnr_mean']:.2f} dB (min {rep['psnr_min']:.2f}); SSIM mean {rep['ssim_mean']:.4f} "
               f"(min {rep['ssim_min']:.4f}); {rep['n_identical']} images unchanged")
@@ -311,6 +335,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"linear separability (training accuracy, L-BFGS {args.steps} steps): perturbations "
                   f"{100 * rep['perturbation']:.2f}%, protected images {100 * rep['protected']:.2f}%, "
                   f"clean images {100 * rep['clean']:.2f}%")
+            if rep.get("trivially_separable"):
+                _print(f"note: {len(protected)} images in {px[0].size} dimensions: any labelling of so few is "
+                       "linearly separable, so these numbers say nothing; use more images or a smaller --size")
         elif what == "csd":
             from .analysis.csd import csd
 
@@ -370,6 +397,24 @@ def auto_recipe(name: str, device: Optional[str]) -> str:
     return chosen
 
 
+def _check_victim_args(args: argparse.Namespace, defenses: List[str]) -> str:
+    """The recipe name, once the recipe, architecture, device and every defense are known to
+    build: found before a large folder is loaded, not after."""
+    from .defenses import create_defense
+    from .device import resolve_device
+    from .models import MODELS
+    from .train.recipes import get_recipe
+
+    resolve_device(args.device)
+    recipe = auto_recipe(args.recipe, args.device)
+    get_recipe(recipe, epochs=args.epochs, arch=args.arch)
+    if args.arch and args.arch not in MODELS:
+        raise UnlearnableError(f"unknown architecture {args.arch!r}; available: {', '.join(MODELS.list())}")
+    for d in defenses:
+        create_defense(d)
+    return recipe
+
+
 def _write_text(path: str, text: str) -> None:
     from .data.save import atomic_write_bytes, check_writable
 
@@ -377,9 +422,9 @@ def _write_text(path: str, text: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .data import check_split, load_images
+    from .data import check_split
     from .data.save import check_npz_destination, export_npz
-    from .protect import check_output_location
+    from .protect import check_output_location, load_protected
 
     fmt = args.format or ("npz" if str(args.out).endswith(".npz") else "png-index")
     dest = Path(args.out).expanduser().resolve()
@@ -388,7 +433,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         check_output_location(Path(args.input).expanduser().resolve(), dest, args.overwrite)
     check_split(args.input, args.split)
-    data = load_images(args.input, split=args.split)
+    data = load_protected(args.input, split=args.split)  # a protected folder in its input's order
     if args.size:
         data = data.resized((args.size, args.size))
     if fmt == "npz" and not data.uniform:
@@ -420,6 +465,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from .bench import ResultsDB, load_grid, markdown_report, run_grid
+    from .bench.grid import held_out, prepare
     from .progress import fmt_seconds, progress_ui
 
     grid = load_grid(args.grid)
@@ -427,13 +473,27 @@ def cmd_grid(args: argparse.Namespace) -> int:
         from .data.save import check_writable
 
         check_writable(args.markdown)
+    # Every name and the data set's path, before the database file is created: a typo leaves nothing behind.
+    prepare(grid, device=args.device)
+    held_out(grid)
+    db_path = Path(args.db).expanduser()
+    created = not db_path.exists()
     with ResultsDB(args.db) as db:
         try:
             with progress_ui(not args.quiet) as ui:
                 counts = run_grid(grid, db, cache=Path(args.cache).expanduser() if args.cache else None,
                                   device=args.device, progress=ui, log=_print if not args.quiet else _warnings_only)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # kept even when empty: a generation's checkpoints resume from the cache
             _print(f"every finished run is in {args.db}; the same command continues from there")
+            raise
+        except Exception:
+            try:
+                empty = created and not db.runs() and not db.generations()
+            except UnlearnableError:
+                empty = False
+            if empty:  # a database this command created and stored nothing in: not left behind
+                db.close()
+                db_path.unlink(missing_ok=True)
             raise
     text = markdown_report(counts["records"], counts["generations"])
     print(text)
@@ -447,13 +507,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .bench import ResultsDB, report_markdown, runs_csv
+    from .bench.report import plot_format
 
+    if args.plot:
+        plot_format(args.plot)  # an extension matplotlib cannot write: refused before anything is read
     for path in (args.markdown, args.csv, args.plot):
         if path:
             from .data.save import check_writable
 
             check_writable(path)
-    with ResultsDB(args.db, create=False) as db:
+    with ResultsDB(args.db, readonly=True) as db:  # a report never writes to the file it reads
         text = report_markdown(db, dataset=args.dataset)
         if args.csv:
             _write_text(args.csv, runs_csv(db))
@@ -475,6 +538,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     kind = args.kind
     registry = {"methods": METHODS, "defenses": DEFENSES, "models": MODELS, "recipes": RECIPES}[kind]
+    if kind == "defenses" and not registry.list(args.pattern):
+        return _explain_defense_spec(args.pattern)
     if not registry.list(args.pattern):
         raise UnlearnableError(f"no {kind} match {args.pattern!r}; available: {', '.join(registry.list())}")
     if kind == "methods":
@@ -486,6 +551,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in DEFENSES.list(args.pattern):
             print(f"{name:20s} {_summary(DEFENSES.get(name))}")
             _print_params(DEFENSES.defaults(name), "defaults:")
+        if args.pattern == "*":
+            print("\nspecs: name:key=value,... sets parameters (jpeg:quality=10); a+b composes in order "
+                  "(jpeg10+at8); short forms: " + ", ".join(f"{k} = {v}" for k, v in _short_form_examples()))
     elif kind == "models":
         for name in MODELS.list(args.pattern):
             print(name)
@@ -496,6 +564,36 @@ def cmd_list(args: argparse.Namespace) -> int:
             r = get_recipe(name)
             print(f"{name:20s} {r.description}")
             _print_params({k: getattr(r, k) for k in SPEC_FIELDS}, f"fields ({name}:key=value):")
+    return 0
+
+
+def _short_form_examples() -> List[Tuple[str, str]]:
+    """The field's short forms as they expand (``jpeg10`` → ``jpeg:quality=10``)."""
+    from .defenses.base import _expand_short_form
+
+    return [(s, _expand_short_form(s)) for s in ("jpeg10", "bdr2", "at8") if _expand_short_form(s) != s]
+
+
+def _explain_defense_spec(spec: str) -> int:
+    """``unlearnable defenses jpeg10+at8``: what a spec that is not a name builds, part by part
+    (the same parser audit uses, so a spec that lists here is one audit takes)."""
+    from .defenses import DEFENSES
+    from .defenses.base import parse_spec
+
+    try:
+        parts = parse_spec(spec)
+    except UnlearnableError as exc:
+        raise UnlearnableError(f"no defenses match {spec!r}, and it is not a defense spec ({exc})") from None
+    for name, kwargs in parts:
+        if name not in DEFENSES:
+            raise UnlearnableError(f"no defenses match {spec!r}; available: {', '.join(DEFENSES.list())}")
+    from .registry import format_value
+
+    print(f"{spec} = " + " + ".join(name + (":" + ",".join(f"{k}={format_value(v)}" for k, v in kw.items())
+                                              if kw else "") for name, kw in parts))
+    for name, kwargs in parts:
+        print(f"{name:20s} {_summary(DEFENSES.get(name))}")
+        _print_params({**DEFENSES.defaults(name), **kwargs}, "with:")
     return 0
 
 
@@ -536,7 +634,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="unlearnable", description=__doc__.splitlines()[0].strip("`. ") if __doc__ else None)
+    p = _Parser(prog="unlearnable", description=__doc__.splitlines()[0].strip("`. ") if __doc__ else None)
     p.add_argument("--version", action="version", version=f"unlearnable {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -570,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("protected", help="protected training set (folder or .npz)")
     a.add_argument("--clean", default=None, help="clean training set (and test split, if it has one)")
     _add_victim_args(a, "")
-    a.add_argument("--defenses", default="standard", help="comma-separated defenses, e.g. none,standard")
+    a.add_argument("--defenses", default="standard", help="comma-separated defense specs (default: standard); "
+                   "e.g. none,standard,jpeg10,op+strong-aug+cutmix:p=0.5 (see `unlearnable defenses`)")
     a.add_argument("--size", type=_positive_int, default=None, help="training image side (default: native up to 64 px, else 32: mixed sizes and photos)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--seeds", default=None, metavar="S,S,...",
@@ -656,16 +755,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print the tables of a results database")
     r.add_argument("db", help="SQLite results database written by `unlearnable grid`")
-    r.add_argument("--dataset", default=None, help="only this data set")
+    r.add_argument("--dataset", default=None, help="only this data set (as the report names it)")
     r.add_argument("--markdown", default=None, metavar="FILE", help="also write the report as Markdown")
     r.add_argument("--csv", default=None, metavar="FILE", help="write every run as a CSV row")
-    r.add_argument("--plot", default=None, metavar="PNG",
-                   help="draw the defense tables as bar charts (needs matplotlib: the plots extra)")
+    r.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw the defense tables as bar charts, as PNG, SVG or PDF by FILE's extension "
+                        "(needs matplotlib: the plots extra)")
     r.set_defaults(func=cmd_report)
 
     for kind in ("methods", "defenses", "models", "recipes"):
         lp = sub.add_parser(kind, help=f"list {kind}")
-        lp.add_argument("pattern", nargs="?", default="*")
+        lp.add_argument("pattern", nargs="?", default="*",
+                        help="a name or glob (e.g. 'em*')" + ("; or a spec such as jpeg10+at8, to see what it builds"
+                                                            if kind == "defenses" else ""))
         lp.set_defaults(func=cmd_list, kind=kind)
 
     s = sub.add_parser("quickstart", help="protect scikit-learn's digits and compare victims (CPU, < 2 min)")
@@ -687,6 +789,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (a bad flag is not a screen of usage text)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
 def _add_victim_args(p: argparse.ArgumentParser, what: str) -> None:

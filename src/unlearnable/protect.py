@@ -46,6 +46,7 @@ _STAGE = "protected.npz"
 _RUN = "run.json"
 _JOURNAL = "journal.tsv"
 _GENERATION = "generation.json"  # generation seconds and device, kept across a resume
+_SPENT = "spent.json"  # seconds an unfinished generation has taken so far, over all invocations
 _WORK = ".work"
 
 ProgressFactory = Optional[Callable[[str], Callable[[int, int], None]]]
@@ -146,8 +147,10 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     inp = inp.resolve()
     check_split(inp, job.split)
     out = Path(job.out).expanduser().resolve()
-    check_output_location(inp, out, job.overwrite)
     part = partial_dir(out)
+    if job.resume and not job.overwrite and not part.exists() and (out / MANIFEST).is_file():
+        raise UnlearnableError(f"{out} is already complete: there is nothing to resume (pass --overwrite to redo it)")
+    check_output_location(inp, out, job.overwrite)
     if part.exists() and not (job.resume or job.overwrite):
         raise UnlearnableError(
             f"an interrupted run left {part}; pass --resume to continue it or --overwrite to start over")
@@ -159,6 +162,9 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
 
     method = create_method(job.method, **(job.params or {}))
     budget = method.parse_budget(job.budget)
+    if budget.norm == "linf" and budget.levels > 32:  # 0.5 (127 levels) for 0.5/255, say
+        log(f"warning: ε = {budget.levels}/255 changes images visibly; the field protects at 8/255–16/255 "
+            "(a bare number below 1 is a fraction of 255: 0.03 ≈ 8/255)")
     t_load = time.perf_counter()
     index = _stream_index(job, method, inp)
     stream = _load_small(index, method, job.seed, progress) if index is not None else None
@@ -194,8 +200,9 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
         except (OSError, ValueError):
             raise UnlearnableError(f"{part} is not a resumable run (no readable {_RUN}); remove it or pass --overwrite") from None
         if previous.get("run") != run_info:
-            raise UnlearnableError(
-                f"{part} was started with other arguments or input; rerun them, or pass --overwrite to start over")
+            raise UnlearnableError(f"{part} was started with other arguments or input "
+                                   f"({_what_differs(previous.get('run') or {}, run_info)}); rerun them, or pass "
+                                   "--overwrite to start over")
         log(f"resuming {part}")
     else:
         if part.exists():
@@ -216,6 +223,46 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
         raise
 
 
+class _SpentClock:
+    """Seconds spent on an unfinished generation, kept in ``path`` across invocations: saved
+    every ``every`` seconds from the method's progress ticks (a kill -9 loses at most that) and
+    when the call ends; ``before`` is what earlier invocations spent."""
+
+    def __init__(self, path: Path, inner: Optional[Callable[[int, int], None]], every: float = 10.0):
+        self.path, self.inner, self.every = path, inner, every
+        try:
+            self.before = float(json.loads(path.read_text())["seconds"]) if path.exists() else 0.0
+        except (OSError, ValueError, KeyError, TypeError):
+            self.before = 0.0
+        self.t0 = self.last = time.perf_counter()
+
+    def tick(self, done: int, total: int) -> None:
+        if self.inner:
+            self.inner(done, total)
+        if time.perf_counter() - self.last > self.every:
+            self.save()
+
+    def save(self) -> None:
+        self.last = time.perf_counter()
+        atomic_write_json(self.path, {"seconds": self.before + self.last - self.t0})
+
+
+def _what_differs(before: Dict[str, Any], now: Dict[str, Any]) -> str:
+    """``steps: 60 then, 30 now; the input's files`` — what a refused resume would change."""
+    said = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if a == b:
+            continue
+        if key == "fingerprint":
+            said.append("the input's files")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            said += [f"{k}: {a.get(k)} then, {b.get(k)} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            said.append(f"{key}: {a} then, {b} now")
+    return "; ".join(said[:4]) + ("; ..." if len(said) > 4 else "") if said else "a different run"
+
+
 def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, names: List[str], inp: Path,
                     out: Path, part: Path, run_info: Dict[str, Any], npz_path: Optional[Path],
                     progress: ProgressFactory, log: Callable[[str], None]) -> Dict[str, Any]:
@@ -232,10 +279,16 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
                 log(caveat)
         work = part / _WORK  # the method's own checkpoints (optimising methods resume from them)
         work.mkdir(exist_ok=True)
-        result = method.protect(data, budget, seed=job.seed, device=job.device, workdir=str(work),
-                                progress=progress("protect") if progress else None)
+        clock = _SpentClock(part / _SPENT, progress("protect") if progress else None)
+        try:
+            result = method.protect(data, budget, seed=job.seed, device=job.device, workdir=str(work),
+                                    progress=clock.tick)
+        finally:
+            clock.save()
         images, per_image = result.protected.images, result.per_image
-        gen = {"seconds": result.seconds, "device": result.device}
+        # Every invocation's seconds, as the streamed path counts them: a resumed EM run's
+        # manifest says what the whole generation cost, not only its last part.
+        gen = {"seconds": clock.before + result.seconds, "device": result.device}
         _save_stage(stage, result)
         atomic_write_json(meta_path, gen)
         log(f"protected {len(data)} images with {job.method} in {result.seconds:.2f}s on {result.device}")
@@ -475,18 +528,18 @@ def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, floa
     i = max(faint, key=lambda j: shape_of(j)[0] * shape_of(j)[1])
     h, w = shape_of(i)
     msg = (f"warning: {len(faint)} of {len(per_image)} images changed by under {threshold} grey levels on average "
-           f"(e.g. {data.ids[i]!r}, {h}x{w}, {per_image[i]['mean_abs']:.2f})")
+           f"(e.g. {data.ids[i]!r}, {w}x{h} px, {per_image[i]['mean_abs']:.2f})")
     if budget.norm == "l2":
         scaled = budget.eps * math.sqrt(h * w / (32 * 32))
         msg += (f"; an ℓ2 budget is a total over the image, so {budget.describe()} barely changes large images: "
-                f"the same per-pixel strength at {h}x{w} is l2:{scaled:.4g}, or use an ℓ∞ method such as pil")
+                f"the same per-pixel strength at {w}x{h} px is l2:{scaled:.4g}, or use an ℓ∞ method such as pil")
     else:
         msg += "; these images are barely protected"
     return msg
 
 
 def _finalize(part: Path, out: Path) -> None:
-    for name in (_STAGE, _JOURNAL, _GENERATION, _RUN):
+    for name in (_STAGE, _JOURNAL, _GENERATION, _RUN, _SPENT):
         (part / name).unlink(missing_ok=True)
     shutil.rmtree(part / _WORK, ignore_errors=True)
     # A kill -9 between creating a temporary file and its rename leaves it behind.
@@ -600,12 +653,22 @@ def load_protected(path: str, split: str = "train", training: bool = False, size
     data = load_for_training(path, split=split, size=size) if training else load_images(path, split=split)
     p = Path(path).expanduser()
     if p.is_dir() and (p / MANIFEST).is_file():
-        files = read_manifest(p)["files"]
+        manifest = read_manifest(p)
+        files = manifest["files"]
         original = {f["output"]: f["id"] for f in files}
-        if all(i in original for i in data.ids):
+        if all(i in original for i in data.ids) and len(data) == len(files):
+            # The input's order and class numbering, not the folder's sorted ones: a set
+            # protected from an NPZ or CIFAR batches exports (PNG-per-index, NPZ) in its index
+            # order, so that other tools pair each image with its own clean image and label.
             from dataclasses import replace
 
-            data = replace(data, ids=[original[i] for i in data.ids])
+            at = {out: k for k, out in enumerate(data.ids)}
+            data = data.subset([at[f["output"]] for f in files])
+            data = replace(data, ids=[f["id"] for f in files])
+            classes = manifest.get("input", {}).get("classes") or []
+            if data.labels is not None and sorted(classes) == sorted(data.classes) and classes != data.classes:
+                remap = np.array([classes.index(c) for c in data.classes], np.int64)
+                data = replace(data, labels=remap[data.labels], classes=list(classes))
     return data
 
 

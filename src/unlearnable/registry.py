@@ -14,6 +14,9 @@ Usage::
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
+import re
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import UnlearnableError
@@ -105,40 +108,116 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def typed_value(owner: str, key: str, annotation: str, value: Any) -> Any:
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def annotation_name(annotation: Any) -> str:
+    """A parameter's or field's annotation as the string :func:`typed_value` reads.
+
+    ``"int"`` stays ``"int"`` (``from __future__ import annotations``), the class ``int``
+    becomes ``"int"``, ``typing.Optional[int]`` becomes ``"Optional[int]"``; ``""`` for none.
+    """
+    import inspect
+
+    if annotation is inspect.Parameter.empty or annotation is None:
+        return ""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def typed_value(owner: str, key: str, annotation: Any, value: Any) -> Any:
     """``value`` as a field annotated ``annotation`` takes it, or a one-line error.
 
-    What :func:`parse_value` gives ``--param`` and spec values is checked against the field's
-    type, so ``steps=abc`` or ``steps=3.5`` fails by name instead of deep inside a method. An
-    int is a valid float, and a float field also takes a fraction such as ``2/255`` (step
-    sizes are written that way in the papers). Annotations other than ``bool``, ``int``,
-    ``float`` and ``str`` (optionally ``Optional[...]``) are not checked.
+    The one conversion of ``--param`` values (methods), ``name:key=value`` specs (defenses,
+    recipes) and recipe fields. Values come as :func:`parse_value` gives them (or as the raw
+    text; both work):
+
+    * ``int``: an integral, finite number (``3`` or ``3.0``; not ``3.5``, ``inf``, ``nan``);
+    * ``float``: a finite number, or a fraction such as ``2/255`` (step sizes are written that
+      way in the papers); an int is a valid float;
+    * ``bool``: ``true``/``false``, ``yes``/``no``, ``1``/``0`` (and ``on``/``off``);
+    * ``str``: a string as is (a number given for a string field is taken as written);
+    * ``Optional[...]``: also ``none``/``null`` (None).
+
+    Other annotations (``Tuple[...]``, unions such as ``Number``) are not checked.
 
     Args:
         owner: how the error names what the field belongs to (``"method 'pil'"``).
         key: the field's name.
-        annotation: the field's annotation as a string (``"Optional[float]"``).
+        annotation: the field's annotation, as a string (``"Optional[float]"``) or a type.
         value: the given value.
+
+    Raises:
+        UnlearnableError: ``"<owner>: <key> must be <type>, got <value>"`` (plus why, for
+            non-finite numbers and unknown booleans).
     """
-    optional = annotation.startswith("Optional[")
-    kind = annotation[len("Optional["):-1] if optional else annotation
+    annotation = annotation_name(annotation).strip()
+    kind, optional = annotation, False
+    if kind.startswith("Optional[") and kind.endswith("]"):
+        kind, optional = kind[len("Optional["):-1].strip(), True
+    elif "|" in kind:
+        parts = [t.strip() for t in kind.split("|")]
+        if len(parts) == 2 and "None" in parts:
+            kind, optional = [t for t in parts if t != "None"][0], True
+    if kind not in ("bool", "int", "float", "str"):
+        return value
     if value is None and optional:
         return None
-    if kind == "float" and isinstance(value, str):
-        num, slash, den = value.partition("/")
+    given = value
+
+    def bad(why: str = "") -> UnlearnableError:
+        return UnlearnableError(f"{owner}: {key} must be {annotation}, got {given!r}{why}")
+
+    if isinstance(value, str) and kind != "str":
+        text = value.strip()
+        low = text.lower()
+        if optional and low in ("none", "null"):
+            return None
+        if kind == "bool":
+            if low in _TRUE_WORDS or low in _FALSE_WORDS:
+                return low in _TRUE_WORDS
+            raise bad(" (use true/false, yes/no or 1/0)")
+        num, slash, den = text.partition("/")
         try:
-            value = float(num) / float(den) if slash else value
+            if slash and kind == "float":
+                value = float(num) / float(den)
+            elif not slash:
+                value = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
         except (ValueError, ZeroDivisionError):
             pass
-    checks = {"bool": lambda v: isinstance(v, bool),
-              "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "str": lambda v: isinstance(v, str)}
-    if kind not in checks:
+    if getattr(getattr(value, "dtype", None), "kind", "") == "b" and getattr(value, "ndim", 1) == 0:
+        value = bool(value)  # numpy bools
+    elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        value = int(value)  # numpy integers
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        value = float(value)
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (bool, int, float)):
+            return format_value(value)
+        raise bad()
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad(" (use true/false, yes/no or 1/0)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad(" (not a finite number)")
+    if kind == "int":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise bad()
+            value = int(value)
         return value
-    if not checks[kind](value):
-        raise UnlearnableError(f"{owner}: {key} must be {annotation}, got {value!r}")
-    return float(value) if kind == "float" else value
+    return float(value)
 
 
 def format_value(v: Any) -> str:

@@ -107,3 +107,51 @@ def test_partial_protection_one_accuracy_per_fraction():
     assert [r["fraction"] for r in rows] == [0.0, 0.5, 1.0]
     assert [r["n_protected"] for r in rows] == [0, 20, 40]
     assert all(0.0 <= r["final_acc"] <= 1.0 for r in rows)
+
+
+# -- explicit scales and arguments (QA) ----------------------------------------------------
+def test_psnr_and_ssim_refuse_float_images_without_data_range():
+    from unlearnable.errors import UnlearnableError
+
+    x = images(2, 8).astype(np.float64) / 255.0
+    for fn in (psnr, ssim):
+        with pytest.raises(UnlearnableError, match="data_range"):
+            fn(x, x + 0.01)  # [0, 1] floats: a peak of 255 would claim ~88 dB
+        with pytest.raises(UnlearnableError, match="data_range must be a positive number"):
+            fn(x, x, data_range=0)
+    # With the peak said, [0, 1] floats give the formula's value (|Δ| = 0.01 everywhere: 40 dB).
+    assert psnr(x, x + 0.01, data_range=1.0) == pytest.approx(np.full(2, 40.0))
+    u = images(2, 16)
+    v = np.clip(u.astype(int) + 5, 0, 255).astype(np.uint8)
+    assert np.allclose(psnr(u / 255.0, v / 255.0, data_range=1.0), psnr(u, v))
+    assert np.allclose(ssim(u / 255.0, v / 255.0, data_range=1.0), ssim(u, v))
+    assert np.allclose(psnr(u.astype(np.int64), v.astype(np.int64)), psnr(u, v))  # integers in [0, 255]
+
+
+@pytest.mark.parametrize("eps", [-1, -1 / 255, float("nan"), float("inf"), (1 / 255, -2 / 255)])
+def test_fgsm_refuses_negative_or_non_finite_eps(eps):
+    from unlearnable.errors import UnlearnableError
+
+    x, y = images(6, 8), np.arange(6) % 3
+    model = _trained_linear(x, y)
+    with pytest.raises(UnlearnableError, match="eps must be a finite number >= 0"):
+        fgsm_success_rate(model, x, y, eps=eps)
+
+
+def test_quality_report_honours_size():
+    from unlearnable.data.imageset import resize_image  # the Pillow bilinear resize of every view
+
+    rng = np.random.default_rng(7)
+    x = images(3, 32, seed=5)
+    y = np.clip(x.astype(int) + rng.integers(-6, 7, x.shape), 0, 255).astype(np.uint8)
+    native, small = quality_report(x, y), quality_report(x, y, size=16)
+    assert native["size"] is None and small["size"] == 16
+    xs = np.stack([resize_image(a, (16, 16)) for a in x])
+    ys = np.stack([resize_image(a, (16, 16)) for a in y])
+    assert np.allclose(small["psnr"], psnr(xs, ys)) and np.allclose(small["ssim"], ssim(xs, ys))
+    assert not np.allclose(small["psnr"], native["psnr"])  # the size is not ignored
+    assert quality_report(list(x), list(y), size=16)["psnr"] == pytest.approx(small["psnr"])
+    from unlearnable.errors import UnlearnableError
+
+    with pytest.raises(UnlearnableError, match="size must be a positive integer"):
+        quality_report(x, y, size=0)

@@ -145,3 +145,13 @@ def test_cli_analyze_mixed_sizes_work_at_one_size(tmp_path, capsys):
     assert json.loads(js.read_text())["train_accuracy"]["perturbation"] == 1.0
     assert main(["analyze", "csd", str(prot), "--clean", str(src), "--size", "12"]) == 0
     assert "resized to 12x12" in capsys.readouterr().err
+
+
+def test_separability_report_flags_few_samples_in_many_dimensions(pairs):
+    clean, classwise, _, y = pairs
+    rep = separability_report(classwise[:40], clean[:40], y[:40], steps=20, device="cpu")  # 40 <= 192 + 1
+    assert rep["trivially_separable"] is True
+    rng = np.random.default_rng(3)
+    tiny = rng.integers(20, 236, (60, 1, 1, 3)).astype(np.uint8)  # 60 samples in 3 dimensions
+    rep = separability_report(tiny, tiny, rng.integers(0, 2, 60), steps=20, device="cpu")
+    assert rep["trivially_separable"] is False

@@ -7,7 +7,8 @@ import sqlite3
 
 import pytest
 
-from unlearnable.bench import ResultsDB, defense_table, grid_from_dict, load_grid, report_markdown, run_grid, runs_csv
+from unlearnable.bench import (ResultsDB, defense_table, grid_from_dict, load_grid, markdown_report, report_markdown,
+                               run_grid, runs_csv)
 from unlearnable.bench.grid import prepare
 from unlearnable.cli import main
 from unlearnable.errors import UnlearnableError
@@ -235,7 +236,8 @@ def test_report_and_csv_from_a_grid(tmp_path, capsys):
     assert lines[0].startswith("dataset,method,budget,method_seed,defense") and len(lines) == 1 + 8
     with ResultsDB(tmp_path / "r.db") as db:
         assert runs_csv(db) == csv_path.read_text()
-        assert report_markdown(db, dataset="other").startswith("no runs stored")
+        with pytest.raises(UnlearnableError, match="no data set 'other'; it holds: digits-120"):
+            report_markdown(db, dataset="other")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -338,3 +340,118 @@ def test_an_interrupted_grid_command_says_how_to_continue(tmp_path, capsys, monk
     assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "the same command continues" in err and "error: interrupted" in err
+
+
+# -- test sets, recipes and the database file ------------------------------------------------
+def _single_set(tmp_path, kind, n=150):
+    """A labelled data set without a test split: an NPZ with only x/y, or a class-folder tree."""
+    import numpy as np
+    from PIL import Image
+
+    from unlearnable.quickstart import digits_imageset
+
+    data = digits_imageset(0)[0].sample(n, 0)
+    if kind == "npz":
+        path = tmp_path / "single.npz"
+        np.savez(path, x=data.stacked(), y=data.labels)
+        return path, data
+    path = tmp_path / "single"
+    for i in range(len(data)):
+        folder = path / data.classes[int(data.labels[i])]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.image(i)).save(folder / f"{i:04d}.png")
+    return path, data
+
+
+@pytest.mark.parametrize("kind", ["npz", "folder"])
+def test_a_data_set_without_test_split_holds_out_a_stratified_part(kind, tmp_path):
+    import numpy as np
+
+    from unlearnable.audit import holdout_split
+    from unlearnable.bench.grid import _cached
+    from unlearnable.data import find_splits, load_images
+
+    path, _ = _single_set(tmp_path, kind)
+    assert find_splits(path) == []
+    grid = grid_from_dict({"dataset": str(path), "methods": ["random"], "defenses": ["none"],
+                           "recipes": ["cpu-small:epochs=1"]})
+    lines = []
+    with ResultsDB(tmp_path / "r.db") as db:
+        out = run_grid(grid, db, device="cpu", log=lines.append)
+        runs, gens = db.runs(), db.generations()
+    full = load_images(path)
+    train, _, test = holdout_split(full, full, 0.2, seed=0)
+    assert {r["n_train"] for r in runs} == {len(train)} and {r["n_test"] for r in runs} == {len(test)}
+    assert len(train) + len(test) == len(full) == 150
+    # Stratified: every class keeps its share in the test set.
+    assert np.bincount(test.labels, minlength=10).min() >= 2
+    # The protected set is made from the training part only: no test image was ever seen by it.
+    assert gens[0]["n_images"] == len(train)
+    protected = _cached(tmp_path / "r.db.cache", gens[0]["gen_key"])
+    assert set(protected.ids) == set(train.ids) and not set(protected.ids) & set(test.ids)
+    label = f"{path.name} (held out 20%)"
+    assert {r["dataset"] for r in runs} == {label} and gens[0]["dataset"] == label
+    assert "held out 20%" in lines[0] and f"## {label}" in markdown_report(out["records"], out["generations"])
+
+
+def test_holdout_key_and_a_test_split_are_not_held_out(tmp_path):
+    from unlearnable.bench.grid import held_out
+
+    path, _ = _single_set(tmp_path, "npz", n=60)
+    assert held_out(grid_from_dict({"dataset": str(path), "methods": ["pil"], "holdout": 0.25})) == 0.25
+    assert held_out(grid_from_dict({"dataset": "digits", "methods": ["pil"]})) is None
+    assert held_out(grid_from_dict({"dataset": str(path), "methods": ["pil"], "test": str(path)})) is None
+    for bad in (0, 1.5, "a", True):
+        with pytest.raises(UnlearnableError, match="'holdout' takes a fraction"):
+            grid_from_dict({"dataset": "digits", "methods": ["pil"], "holdout": bad})
+    with pytest.raises(UnlearnableError, match="either 'test'"):
+        grid_from_dict({"dataset": "x", "methods": ["pil"], "test": "y", "holdout": 0.2})
+    with pytest.raises(UnlearnableError, match="no such file"):
+        held_out(grid_from_dict({"dataset": str(tmp_path / "nope.npz"), "methods": ["pil"]}))
+
+
+def test_the_default_recipe_is_auto_resolved_for_the_device(tmp_path, monkeypatch):
+    import torch
+
+    import unlearnable.device
+    from unlearnable.bench.grid import resolve_recipe
+
+    no_recipe = {k: v for k, v in GRID.items() if k != "recipes"}
+    grid = grid_from_dict({**no_recipe, "methods": ["random"], "defenses": ["none"], "epochs": 1, "limit": 60})
+    assert grid.recipes == ["auto"]
+    assert [r.name for r in prepare(grid, device="cpu").recipes] == ["cpu-small"]
+    assert resolve_recipe("auto:epochs=2", "cpu") == "cpu-small:epochs=2" and resolve_recipe("screen") == "screen"
+    lines = []
+    with ResultsDB(tmp_path / "r.db") as db:
+        run_grid(grid, db, device="cpu", log=lines.append)
+        assert {r["recipe"] for r in db.runs()} == {"cpu-small"}
+    assert any(line.startswith("recipe auto: cpu-small") for line in lines)
+    monkeypatch.setattr(unlearnable.device, "resolve_device", lambda device=None: torch.device("cuda"))
+    assert resolve_recipe("auto") == "paper" and resolve_recipe("auto:epochs=3") == "paper:epochs=3"
+
+
+@pytest.mark.parametrize("change", [{"methods": ["nope"]}, {"budgets": ["l2:0.5"]}, {"dataset": "missing.npz"},
+                                    {"recipes": ["fastest"]}])
+def test_a_failing_grid_command_leaves_no_database_behind(change, tmp_path, capsys):
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({**GRID, **change}))
+    assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--quiet"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "r.db.cache").exists()
+
+
+def test_a_grid_failing_after_creating_the_database_removes_it_but_keeps_an_existing_one(tmp_path, monkeypatch):
+    import unlearnable.bench as bench
+
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps(GRID))
+
+    def fails(*a, **k):
+        raise UnlearnableError("the data set is corrupt")
+
+    monkeypatch.setattr(bench, "run_grid", fails)
+    assert main(["grid", str(grid), "--db", str(tmp_path / "r.db"), "--quiet"]) == 2
+    assert not (tmp_path / "r.db").exists()
+    ResultsDB(tmp_path / "mine.db").close()  # the user's own (empty) database stays
+    assert main(["grid", str(grid), "--db", str(tmp_path / "mine.db"), "--quiet"]) == 2
+    assert (tmp_path / "mine.db").exists()

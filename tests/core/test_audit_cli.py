@@ -394,3 +394,59 @@ def test_audit_into_a_results_database(tmp_path, capsys, monkeypatch):
     assert main(["report", str(db)]) == 0
     out = capsys.readouterr().out
     assert "regions-4 acc %" in out and "random-classwise acc %" in out
+
+
+def test_a_test_set_that_is_the_training_npz_is_refused(tmp_path, capsys):
+    """An NPZ carries no file hashes: the overlap is found by pixels."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "clean.npz", x=x, y=np.arange(20) % 2)
+    out = protected_folder(tmp_path / "clean.npz", tmp_path / "prot", "random", capsys)
+    code = main(["audit", str(out), "--clean", str(tmp_path / "clean.npz"), "--test", str(tmp_path / "clean.npz"),
+                 "--recipe", "cpu-small", "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "20 of the 20 test images are also clean training images" in err, err
+
+
+@pytest.mark.parametrize("bad, needle", [(["--arch", "nope"], "unknown architecture"),
+                                         (["--recipe", "paper:bogus=1"], "bogus"),
+                                         (["--defenses", "jpeg200"], "jpeg200")])
+def test_audit_options_are_checked_before_any_data_is_read(tmp_path, capsys, bad, needle):
+    """The input does not even exist: the option's error must come first, not after loading."""
+    code = main(["audit", str(tmp_path / "missing"), "--clean", str(tmp_path / "missing"), *bad])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) <= 2, err  # (+ the auto-recipe note)
+
+
+def test_argument_errors_are_one_line(capsys):
+    for argv in (["protect", "x", "--eps", "-8/255"], ["audit", "x", "--size", "abc"], ["nope"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+
+
+def test_defenses_listing_explains_a_spec(capsys):
+    assert main(["defenses", "jpeg10+at8"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "jpeg10+at8 = jpeg:quality=10 + at:eps=8" and "quality=10" in out
+    assert main(["defenses"]) == 0
+    assert "jpeg10 = jpeg:quality=10" in capsys.readouterr().out
+    assert main(["defenses", "nope"]) == 2
+
+
+def test_a_diverged_victim_is_flagged_and_its_json_stays_strict(tmp_path, capsys):
+    train = colour_folder(tmp_path / "train")
+    test = colour_folder(tmp_path / "test", n_per_class=4, seed=1)
+    out = protected_folder(train, tmp_path / "prot", "random", capsys)
+    js = tmp_path / "a.json"
+    code = main(["audit", str(out), "--clean", str(train), "--test", str(test), "--defenses", "none",
+                 "--recipe", "cpu-small:lr=1e6", "--epochs", "2", "--size", "12", "--json", str(js), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "diverged at epoch" in err, err
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    records = json.loads(js.read_text(), parse_constant=refuse)
+    assert all(r["diverged"] for r in records)

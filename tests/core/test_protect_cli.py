@@ -496,8 +496,15 @@ def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, 
     code, o = run(base + ["--out", tmp_path / "out"], capsys)
     assert code == 130 and "--resume" in o.err
     assert list((tmp_path / ".out.partial" / ".work").glob("*.ckpt.pt"))  # the checkpoint survived
+    spent = json.loads((tmp_path / ".out.partial" / "spent.json").read_text())["seconds"]
     monkeypatch.setattr(mbase.Method, "apply", real)
+    code, o = run(base + ["--out", tmp_path / "out", "--param", "pgd_steps=3", "--resume"], capsys)
+    assert_one_line_error(code, o, "pgd_steps: 2 then, 3 now")  # a refused resume says what differs
     assert run(base + ["--out", tmp_path / "out", "--resume"], capsys)[0] == 0
+    # The manifest counts the seconds of both invocations, as a streamed run's does.
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["wall_seconds"] >= spent > 0
+    code, o = run(base + ["--out", tmp_path / "out", "--resume"], capsys)
+    assert_one_line_error(code, o, "already complete")
 
     files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*"))
     assert all(f.endswith(".png") or f in ("manifest.json", "cat", "dog") for f in files), files
@@ -513,7 +520,7 @@ def test_l2_budget_too_thin_for_large_images_warns(tmp_path, capsys):
     code, o = run(["protect", src, "--out", tmp_path / "lsp", "--method", "lsp"], capsys)
     assert code == 0
     line = next(ln for ln in o.err.splitlines() if ln.startswith("warning:") and "on average" in ln)
-    assert "6 of 6 images" in line and "320x400" in line and "l2:" in line
+    assert "6 of 6 images" in line and "400x320 px" in line and "l2:" in line  # width x height
     code, o = run(["protect", src, "--out", tmp_path / "pil", "--method", "pil"], capsys)  # full ℓ∞ use
     assert code == 0 and "warning:" not in o.err
     # ℓ0's sparsity is by design (no faintness warning), but OPS's pixel is averaged away by a
@@ -555,3 +562,29 @@ def test_a_split_the_input_does_not_have_is_refused(tmp_path, capsys):
         code, o = run(cmd, capsys)
         assert_one_line_error(code, o, "no split folders")
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.npz").exists()
+
+
+def test_export_of_a_protected_npz_keeps_its_index_order_and_classes(tmp_path, capsys):
+    """A set protected from an NPZ is written as class folders; exported back it comes in the
+    NPZ's index order with its own class numbering, so other tools pair images and labels."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    y = np.array([2, 0, 1, 2, 1, 0, 0, 2, 1, 1, 0, 2])
+    np.savez(tmp_path / "clean.npz", x=x, y=y, classes=np.array(["zebra", "ant", "moth"]))
+    out = tmp_path / "prot"
+    assert run(["protect", tmp_path / "clean.npz", "--out", out, "--method", "random", "--quiet"], capsys)[0] == 0
+    assert run(["export", out, tmp_path / "prot.npz"], capsys)[0] == 0
+    z = np.load(tmp_path / "prot.npz")
+    assert list(z["classes"]) == ["zebra", "ant", "moth"] and (z["y"] == y).all()
+    assert np.abs(z["x"].astype(int) - x).max() <= 8  # each image beside its own clean image
+    assert run(["export", out, tmp_path / "idx"], capsys)[0] == 0
+    code, o = run(["import", tmp_path / "idx", "--clean", tmp_path / "clean.npz", "--out", tmp_path / "back"], capsys)
+    assert code == 0, o.err
+
+
+def test_a_budget_far_above_the_fields_warns(tmp_path, capsys):
+    src = make_folder(tmp_path / "in", mixed=False)
+    code, o = run(["protect", src, "--out", tmp_path / "out", "--method", "random", "--eps", "0.5", "--quiet"], capsys)
+    assert code == 0 and "warning: ε = 127/255" in o.err
+    code, o = run(["protect", src, "--out", tmp_path / "out2", "--method", "random", "--eps", "16/255", "--quiet"], capsys)
+    assert code == 0 and "warning" not in o.err

@@ -104,7 +104,9 @@ def test_ntga_release_imports_by_content(clean, tmp_path, capsys):
     assert cli_main(["verify", str(out), "--clean", str(other), "--quiet"]) == 1
     capsys.readouterr()
     js = tmp_path / "audit.json"
-    assert cli_main(["audit", str(out), "--clean", str(clean_path), "--test", str(clean_path), "--defenses", "none",
+    test_path = tmp_path / "test.npz"  # other pictures: a test set of the training images is refused
+    export_npz(ImageSet(smooth_images(N, 77), clean.labels, clean.classes, [f"t{i}" for i in range(N)]), test_path)
+    assert cli_main(["audit", str(out), "--clean", str(clean_path), "--test", str(test_path), "--defenses", "none",
                      "--recipe", "cpu-small", "--epochs", "1", "--json", str(js), "--quiet"]) == 0
     assert "covers 32 of the 40 clean images; clean victims train on those" in capsys.readouterr().err
     assert {r["trained_on"]: r["n_train"] for r in json.loads(js.read_text())} == {"clean": 32, "protected": 32}

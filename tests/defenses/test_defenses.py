@@ -240,7 +240,7 @@ def test_composition_is_left_to_right(registered):
     assert ab.adversary(None, x, y).flatten()[0] == 6 and ba.adversary(None, x, y).flatten()[0] == 4
     xi = torch.ones(1, 3, 2, 2, dtype=torch.uint8)
     assert ab.transform_dataset(xi, y)[0].flatten()[0] == 4 and ba.transform_dataset(xi, y)[0].flatten()[0] == 3
-    assert ab.spec == "t-add:amount=2+t-double"
+    assert ab.spec == "t-add:amount=2.0+t-double"  # amount is declared float: the spec value is converted
 
 
 def test_compose_flattens_and_describes():

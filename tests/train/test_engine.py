@@ -294,7 +294,7 @@ def test_recipe_specs_change_fields_and_are_named_by_the_spec():
     ("paper:foo=1", "no field 'foo'"),
     ("paper:name=x", "no field 'name'"),
     ("paper:epochs=2.5", "epochs must be int"),
-    ("paper:compile=1", "compile must be bool"),
+    ("paper:compile=2", "compile must be bool"),
     ("paper:lr=fast", "lr must be float"),
     ("paper:epochs=0", "must be positive"),
     ("paper:", "nothing after"),
@@ -372,3 +372,61 @@ def test_translate_tta_sees_the_image_shifted_both_ways():
     assert evaluate(Recorder(), x, y, tta_flip=True, tta_translate=1) == 1.0
     assert len(seen) == 6 and torch.equal(seen[2], views[1]) and torch.equal(seen[4], views[2])
     assert evaluate(Recorder(), x, y) < 1.0  # the views change some decisions
+
+
+# -- recipe field ranges and diverged training (QA) ----------------------------------------
+@pytest.mark.parametrize("spec, says", [
+    ("cpu-small:lr=nan", "lr must be float, got nan"),
+    ("cpu-small:lr=inf", "lr must be float, got inf"),
+    ("cpu-small:lr=0", "lr must be > 0"),
+    ("cpu-small:momentum=5", "momentum must be in \\[0, 1\\)"),
+    ("cpu-small:weight_decay=-1", "weight_decay must be >= 0"),
+    ("cpu-small:epochs=0", "epochs must be positive"),
+    ("cpu-small:epochs=-3", "epochs must be positive"),
+    ("cpu-small:batch_size=-1", "batch_size must be positive"),
+    ("cpu-small:eval_batch_size=0", "eval_batch_size must be positive"),
+    ("cpu-small:label_smoothing=1", "label_smoothing must be in"),
+    ("cpu-small:grad_clip=0", "grad_clip must be > 0"),
+    ("cpu-small:step_gamma=nan", "step_gamma must be float"),
+    ("cpu-small:warmup_epochs=-1", "warmup_epochs must be >= 0"),
+    ("cpu-small:momentum=0", "nesterov needs momentum > 0"),
+])
+def test_recipe_fields_out_of_range_fail_by_name(spec, says):
+    with pytest.raises(UnlearnableError, match=says) as e:
+        get_recipe(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_recipe_checks_apply_to_replace_and_overrides():
+    r = get_recipe("cpu-small")
+    with pytest.raises(UnlearnableError, match="momentum must be in"):
+        r.replace(momentum=1.0)
+    with pytest.raises(UnlearnableError, match="lr must be float"):
+        dataclasses.replace(r, lr=float("nan"))
+    with pytest.raises(UnlearnableError, match="epochs must be int"):
+        get_recipe("cpu-small", epochs=float("inf"))
+    assert get_recipe("cpu-small:compile=1,epochs=3.0").compile is True
+    assert get_recipe("cpu-small", epochs=np.int64(2)).epochs == 2
+
+
+class NaNImages(Defense):
+    """Turns every batch into NaNs from epoch 2 on (test only): the loss becomes non-finite."""
+
+    def start_epoch(self, epoch, epochs):
+        self.poison = epoch >= 2
+
+    def augment(self, x, y, generator=None):
+        return (x * float("nan") if self.poison else x), y
+
+
+def test_diverged_training_stops_and_is_marked(data):
+    ok = run(data, small(epochs=2))
+    assert ok.diverged is False and ok.diverged_epoch is None and ok.to_dict()["diverged"] is False
+    blown = run(data, small(epochs=4, lr=1000.0))  # finite but exploding loss
+    assert blown.diverged and blown.diverged_epoch == 1 and len(blown.curve) == 1, blown.curve
+    nan = run(data, small(epochs=4), defense=NaNImages())  # non-finite loss
+    assert nan.diverged and nan.diverged_epoch == 2 and len(nan.curve) == 2
+    d = nan.to_dict()
+    assert d["diverged"] is True and d["diverged_epoch"] == 2
+    assert TrainResult.from_dict(d).diverged is True
+    assert TrainResult.from_dict({k: v for k, v in d.items() if not k.startswith("diverged")}).diverged is False

@@ -7,8 +7,11 @@ FGSM success rate at a small ε (1/255, 2/255) is used as a proxy for linearity.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Dict, Sequence, Union
 
+from ..errors import UnlearnableError
 from ._inputs import as_float_nchw, as_labels, model_device
 
 __all__ = ["fgsm_success_rate"]
@@ -25,16 +28,25 @@ def fgsm_success_rate(model, x, y, eps: Union[float, Sequence[float]] = (1 / 255
         model: a classifier taking float NCHW images in [0, 1] and returning logits.
         x: clean test images: uint8 NHWC numpy array, or a uint8/float NCHW tensor.
         y: ``(N,)`` integer labels.
-        eps: one ε or several, in the [0, 1] scale.
+        eps: one ε or several, in the [0, 1] scale: finite and >= 0 (0 flips nothing).
         batch_size: images per forward/backward pass.
 
     Returns:
         ``{ε: success rate in [0, 1]}`` (0.0 when the model gets no point right).
+
+    Raises:
+        UnlearnableError: a negative, non-finite or non-numeric ε, or a batch size below 1.
     """
     import torch
     import torch.nn.functional as F
 
-    eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+    eps_list = [eps] if isinstance(eps, numbers.Real) else list(eps)
+    for e in eps_list:
+        if isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e) or e < 0:
+            raise UnlearnableError(f"fgsm_success_rate: eps must be a finite number >= 0 (in the [0, 1] scale), got {e!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise UnlearnableError(f"fgsm_success_rate: batch_size must be a positive integer, got {batch_size!r}")
+    eps_list = [float(e) for e in eps_list]
     dev = model_device(model)
     was_training = model.training
     model.eval()

@@ -1,7 +1,10 @@
 """Imperceptibility of a protected set: PSNR and SSIM against the clean images.
 
 Images are uint8 HWC (one ``(N, H, W, C)`` array or a list of ``(H, W, C)`` arrays of any
-sizes), compared pairwise at their own size. Both measures use the peak L = 255.
+sizes), compared pairwise at their own size (or, in :func:`quality_report`, at ``size``). Both
+measures use the peak L = 255 for uint8 images. Float images have no implied peak: they are
+refused unless ``data_range`` says it (``data_range=1.0`` for images in [0, 1]), since a guess
+of 255 would overstate the PSNR of [0, 1] images by 48 dB.
 
 SSIM is Wang, Bovik, Sheikh, Simoncelli (IEEE TIP 2004): an 11 × 11 Gaussian window with
 σ = 1.5, K1 = 0.01, K2 = 0.03, "valid" filtering (no padding; the map covers positions where
@@ -13,9 +16,11 @@ than 11 px on a side use a window as large as the image fits (same σ). Written 
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
+
+from ..errors import UnlearnableError
 
 __all__ = ["psnr", "ssim", "quality_report"]
 
@@ -36,21 +41,48 @@ def _single(x) -> bool:
     return isinstance(x, np.ndarray) and x.ndim == 3
 
 
-def psnr(clean: Images, protected: Images) -> Union[float, np.ndarray]:
-    """Peak signal-to-noise ratio in dB, ``10 log10(255² / MSE)``; ``inf`` for identical images.
+def _peak(clean: Images, protected: Images, data_range: Optional[float], who: str) -> float:
+    """The peak value L: ``data_range`` if given, else 255 for uint8 (integer) images; float
+    images without ``data_range`` are refused (their scale, [0, 1] or [0, 255], is unknown)."""
+    if data_range is not None:
+        if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) \
+                or not math.isfinite(data_range) or data_range <= 0:
+            raise UnlearnableError(f"{who}: data_range must be a positive number, got {data_range!r}")
+        return float(data_range)
+    for images in (clean, protected):
+        arrays = [images] if isinstance(images, np.ndarray) else [np.asarray(a) for a in images]
+        for a in arrays:
+            if a.dtype == np.uint8 or a.dtype == np.bool_:
+                continue
+            if np.issubdtype(a.dtype, np.integer) and (a.size == 0 or (a.min() >= 0 and a.max() <= 255)):
+                continue
+            raise UnlearnableError(
+                f"{who}: got {a.dtype} images, not uint8: pass data_range (1.0 for images in [0, 1], "
+                f"255 for [0, 255]) or give uint8 images")
+    return 255.0
+
+
+def psnr(clean: Images, protected: Images, *, data_range: Optional[float] = None) -> Union[float, np.ndarray]:
+    """Peak signal-to-noise ratio in dB, ``10 log10(L² / MSE)``; ``inf`` for identical images.
 
     Args:
         clean: one uint8 HWC image, an ``(N, H, W, C)`` array or a list of HWC images.
         protected: the same shape(s).
+        data_range: the peak L. ``None`` (default): 255, and the images must be uint8 (or
+            integers in [0, 255]); float images need it said (``1.0`` for [0, 1]).
 
     Returns:
         A float for one image, else an ``(N,)`` float64 array.
+
+    Raises:
+        UnlearnableError: float images without ``data_range``, or a ``data_range`` <= 0.
     """
+    peak = _peak(clean, protected, data_range, "psnr")
     if _single(clean):
-        return float(psnr(clean[None], np.asarray(protected)[None])[0])
+        return float(psnr(clean[None], np.asarray(protected)[None], data_range=peak)[0])
     mse = np.concatenate([_mse(a, b) for a, b in _batches(clean, protected)]) if len(clean) else np.zeros(0)
     with np.errstate(divide="ignore"):
-        return np.where(mse == 0, math.inf, 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-300)))
+        return np.where(mse == 0, math.inf, 10.0 * np.log10(peak ** 2 / np.maximum(mse, 1e-300)))
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -79,7 +111,8 @@ def _gauss_window(size: int, sigma: float = 1.5):
     return g
 
 
-def _ssim_batch(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float, k2: float) -> np.ndarray:
+def _ssim_batch(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float, k2: float,
+                peak: float = 255.0) -> np.ndarray:
     """SSIM of each pair of ``(B, H, W, C)`` images, as a ``(B,)`` array."""
     import torch
     import torch.nn.functional as F
@@ -94,7 +127,7 @@ def _ssim_batch(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float,
     def blur(t):  # separable Gaussian, valid filtering
         return F.conv2d(F.conv2d(t, wr), wc)
 
-    c1, c2 = (k1 * 255.0) ** 2, (k2 * 255.0) ** 2
+    c1, c2 = (k1 * peak) ** 2, (k2 * peak) ** 2
     mx, my = blur(x), blur(y)
     sxx = blur(x * x) - mx * mx
     syy = blur(y * y) - my * my
@@ -104,7 +137,7 @@ def _ssim_batch(a: np.ndarray, b: np.ndarray, win: int, sigma: float, k1: float,
 
 
 def ssim(clean: Images, protected: Images, *, win: int = 11, sigma: float = 1.5, k1: float = 0.01,
-         k2: float = 0.03) -> Union[float, np.ndarray]:
+         k2: float = 0.03, data_range: Optional[float] = None) -> Union[float, np.ndarray]:
     """Structural similarity (Gaussian window 11, σ = 1.5; mean over channels and positions).
 
     Args:
@@ -112,31 +145,65 @@ def ssim(clean: Images, protected: Images, *, win: int = 11, sigma: float = 1.5,
         protected: the same shape(s).
         win: window side (capped at the image size).
         sigma: Gaussian standard deviation of the window.
-        k1: luminance stabiliser, ``C1 = (k1 · 255)²``.
-        k2: contrast stabiliser, ``C2 = (k2 · 255)²``.
+        k1: luminance stabiliser, ``C1 = (k1 · L)²``.
+        k2: contrast stabiliser, ``C2 = (k2 · L)²``.
+        data_range: the peak L, as for :func:`psnr` (default 255, uint8 images only).
 
     Returns:
         A float in [-1, 1] for one image (1 for identical images), else an ``(N,)`` array.
+
+    Raises:
+        UnlearnableError: float images without ``data_range``, or a ``data_range`` <= 0.
     """
+    peak = _peak(clean, protected, data_range, "ssim")
     if _single(clean):
-        return float(ssim(clean[None], np.asarray(protected)[None], win=win, sigma=sigma, k1=k1, k2=k2)[0])
+        return float(ssim(clean[None], np.asarray(protected)[None], win=win, sigma=sigma, k1=k1, k2=k2,
+                          data_range=peak)[0])
     if not len(clean):
         return np.zeros(0)
-    return np.concatenate([_ssim_batch(a, b, win, sigma, k1, k2) for a, b in _batches(clean, protected)])
+    return np.concatenate([_ssim_batch(a, b, win, sigma, k1, k2, peak) for a, b in _batches(clean, protected)])
 
 
-def quality_report(clean: Images, protected: Images) -> Dict[str, object]:
+def _resized(images: Images, size: int) -> np.ndarray:
+    from ..data.imageset import resize_image  # the one resize of every working-size view
+
+    out = []
+    for a in images:
+        a = np.asarray(a)
+        if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+            raise UnlearnableError(f"quality: expected HWC images with 1, 3 or 4 channels, got shape {a.shape}")
+        r = resize_image(a[..., 0] if a.shape[-1] == 1 else a, (size, size))
+        out.append(r.reshape(size, size, a.shape[-1]))
+    if len({o.shape for o in out}) > 1:
+        raise UnlearnableError("quality: the images differ in channel count; convert them to one mode first")
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def quality_report(clean: Images, protected: Images, *, size: Optional[int] = None) -> Dict[str, object]:
     """PSNR and SSIM per image and summarised over the set.
 
     Args:
         clean: the clean images (uint8 HWC, stacked or a list).
         protected: the protected images, same shapes.
+        size: if given, both sets are first resized to ``size`` x ``size`` (Pillow bilinear,
+            antialiased, as every working-size view: the numbers a trainer working at that
+            size sees); ``None``: each pair at its own size.
 
     Returns:
         ``{"psnr": (N,) array, "ssim": (N,) array, "psnr_mean": mean over images that changed
         (``inf`` if none did), "psnr_min": float, "ssim_mean": float, "ssim_min": float,
-        "n_identical": images left unchanged}``.
+        "n_identical": images left unchanged, "size": the side measured at or None}``.
+
+    Raises:
+        UnlearnableError: a ``size`` that is not a positive integer, or images that are not uint8.
     """
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise UnlearnableError(f"quality: size must be a positive integer, got {size!r}")
+        _peak(clean, protected, None, "quality")
+        if len(clean) != len(protected):
+            raise UnlearnableError(f"{len(clean)} clean images but {len(protected)} protected ones")
+        clean, protected = _resized(clean, size), _resized(protected, size)
     p = psnr(clean, protected)
     s = ssim(clean, protected)
     finite = p[np.isfinite(p)]
@@ -147,4 +214,5 @@ def quality_report(clean: Images, protected: Images) -> Dict[str, object]:
         "ssim_mean": float(s.mean()) if s.size else 1.0,
         "ssim_min": float(s.min()) if s.size else 1.0,
         "n_identical": int((~np.isfinite(p)).sum()),
+        "size": size,
     }

@@ -7,6 +7,12 @@ normalised to [0, 1], with full-batch L-BFGS for 500 steps, and report its **tra
 accuracy; the same on the protected images x'. Reported (CIFAR-10): most methods reach 100% on
 δ; AR 39.58%, against 53.88% for the clean images themselves.
 
+Caveat: with as many samples as dimensions or fewer (``N <= D + 1`` for a classifier with a
+bias, e.g. 300 CIFAR images of 3072 values), *any* labelling of points in general position is
+linearly separable, so 100% says nothing about the data: clean images score 100% too.
+:func:`separability_report` flags this as ``trivially_separable``; compare against the clean
+images' number, or use more samples than dimensions (or a lower ``--size``).
+
 Normalisation: ``"minmax"`` (default) maps the whole array affinely to [0, 1] (one min and one
 max over the set: an affine map, which leaves linear separability unchanged and only
 conditions the optimisation); ``"sample"`` min–max normalises each sample on its own;
@@ -15,7 +21,7 @@ conditions the optimisation); ``"sample"`` min–max normalises each sample on i
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
@@ -65,7 +71,9 @@ def linear_separability(features: np.ndarray, labels, *, steps: int = 500, norma
         num_classes: K (default: largest label + 1).
 
     Returns:
-        Training accuracy in [0, 1] (1.0 = linearly separable, up to the optimiser).
+        Training accuracy in [0, 1] (1.0 = linearly separable, up to the optimiser). With
+        ``N <= D + 1`` samples in ``D`` dimensions it is 1.0 for any labelling of points in
+        general position (see the module's caveat).
     """
     import torch
     import torch.nn.functional as F
@@ -101,7 +109,7 @@ def linear_separability(features: np.ndarray, labels, *, steps: int = 500, norma
 
 
 def separability_report(protected: np.ndarray, clean: np.ndarray, labels, *, steps: int = 500,
-                        device: Union[str, None] = None, num_classes: Optional[int] = None) -> Dict[str, float]:
+                        device: Union[str, None] = None, num_classes: Optional[int] = None) -> Dict[str, Any]:
     """Linear separability (training accuracy) of δ = x' − x, of x' and of x.
 
     Args:
@@ -113,12 +121,18 @@ def separability_report(protected: np.ndarray, clean: np.ndarray, labels, *, ste
         num_classes: K.
 
     Returns:
-        ``{"perturbation": acc, "protected": acc, "clean": acc}``, fractions in [0, 1].
+        ``{"perturbation": acc, "protected": acc, "clean": acc, "trivially_separable": bool}``,
+        accuracies as fractions in [0, 1]. ``trivially_separable`` is ``N <= D + 1`` (``N``
+        images of ``D = H·W·C`` values): then any labelling is linearly separable and the
+        accuracies near 100% say nothing about the perturbations (the clean images reach it
+        too); a reader should be told.
     """
     delta = perturbations(protected, clean)
     kw = dict(steps=steps, device=device, num_classes=num_classes)
+    n, d = delta.shape[0], int(np.prod(delta.shape[1:]))
     return {
         "perturbation": linear_separability(delta, labels, **kw),
         "protected": linear_separability(np.asarray(protected), labels, **kw),
         "clean": linear_separability(np.asarray(clean), labels, **kw),
+        "trivially_separable": bool(n <= d + 1),
     }

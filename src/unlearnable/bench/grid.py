@@ -8,9 +8,15 @@ A grid file (YAML, or JSON) names one data set and the axes to cross::
     budgets: [default]               # default = each method's paper budget; or 8/255, l2:0.5, ...
     method_seeds: [0]
     defenses: [none, standard, jpeg10, "op+strong-aug+cutmix:p=0.5"]
-    recipes: [screen]
+    recipes: [screen]                # default auto: paper on a GPU, cpu-small on CPU
     archs: [default]                 # default = the recipe's architecture
     seeds: [0, 1]                    # victim seeds
+
+The test set is ``test`` (a data set of its own), else the data set's test split; a data set
+without one (an NPZ with only ``x``/``y``, a folder without ``train/`` and ``test/``) gets
+``holdout`` (default 0.2) of its images per class held out, seeded by ``subset_seed``, before
+anything else: protected sets are made from the rest, and no victim trains on the held-out
+images. The data set's label then says so (``mydata (held out 20%)``).
 
 Every (method, budget, method seed) protected set is generated once, timed, and cached as an NPZ
 beside the results database; every (defense, recipe, architecture, seed) victim is trained on
@@ -49,7 +55,7 @@ class Grid:
     dataset: str
     methods: List[str]
     defenses: List[str] = field(default_factory=lambda: ["standard"])
-    recipes: List[str] = field(default_factory=lambda: ["paper"])
+    recipes: List[str] = field(default_factory=lambda: ["auto"])
     archs: List[Optional[str]] = field(default_factory=lambda: [None])
     budgets: List[Optional[str]] = field(default_factory=lambda: [None])
     method_seeds: List[int] = field(default_factory=lambda: [0])
@@ -61,6 +67,7 @@ class Grid:
     subset_seed: int = 0
     epochs: Optional[int] = None
     size: Optional[int] = None
+    holdout: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -79,6 +86,8 @@ class Grid:
 
 _LIST_KEYS = ("methods", "defenses", "recipes", "archs", "budgets", "method_seeds", "seeds")
 _INT_KEYS = ("limit", "test_limit", "subset_seed", "epochs", "size")
+#: The test fraction held out of a data set without a test split (as ``audit --holdout``).
+DEFAULT_HOLDOUT = 0.2
 
 
 def load_grid(path) -> Grid:
@@ -147,10 +156,17 @@ def grid_from_dict(data: Any, where: str = "grid") -> Grid:
             kw[key] = items
         elif key in _INT_KEYS:
             kw[key] = None if value is None else _int(where, key, value, positive=key != "subset_seed")
+        elif key == "holdout":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 < value < 1.0):
+                raise UnlearnableError(f"{where}: 'holdout' takes a fraction between 0 and 1, got {value!r}")
+            kw[key] = None if value is None else float(value)
         else:
             if not isinstance(value, str) or not value.strip():
                 raise UnlearnableError(f"{where}: {key!r} must be a text, got {value!r}")
             kw[key] = value.strip()
+    if kw.get("test") and kw.get("holdout") is not None:
+        raise UnlearnableError(f"{where}: give either 'test' (a test set) or 'holdout' (a fraction held out), not both")
     return Grid(**kw)
 
 
@@ -170,8 +186,20 @@ class _Prepared:
     recipes: List[Any]
 
 
-def prepare(grid: Grid) -> _Prepared:
-    """Create every method, budget, defense and recipe the grid names (fails fast on any)."""
+def resolve_recipe(spec: str, device: Optional[str] = None) -> str:
+    """``auto`` (or ``auto:epochs=3``, ...): ``paper`` where a GPU makes it affordable,
+    ``cpu-small`` elsewhere, as ``audit --recipe auto``; any other recipe spec as it is."""
+    base, sep, rest = spec.partition(":")
+    if base.strip() != "auto":
+        return spec
+    from ..device import resolve_device
+
+    return ("paper" if resolve_device(device).type == "cuda" else "cpu-small") + sep + rest
+
+
+def prepare(grid: Grid, device: Optional[str] = None) -> _Prepared:
+    """Create every method, budget, defense and recipe the grid names (fails fast on any);
+    ``auto`` recipes are resolved for ``device``."""
     from ..defenses import create_defense
     from ..methods import create_method
     from ..registry import parse_named_spec
@@ -185,7 +213,8 @@ def prepare(grid: Grid) -> _Prepared:
     budgets = {(spec, b): m.parse_budget(b) for spec, m in methods.items() for b in grid.budgets}
     for spec in grid.defenses:
         create_defense(spec)
-    recipes = [get_recipe(r, epochs=grid.epochs) for r in grid.recipes]
+    names = dict.fromkeys(resolve_recipe(r, device) for r in grid.recipes)  # auto may repeat another one
+    recipes = [get_recipe(r, epochs=grid.epochs) for r in names]
     archs = set(list_models())
     for a in grid.archs:
         if a is not None and a not in archs:
@@ -193,19 +222,65 @@ def prepare(grid: Grid) -> _Prepared:
     return _Prepared(methods, budgets, recipes)
 
 
-def load_dataset(grid: Grid, progress=None) -> Tuple[ImageSet, ImageSet]:
-    """The grid's (train, test) sets, subsets drawn with ``subset_seed``."""
-    from ..data import load_images
+def held_out(grid: Grid) -> Optional[float]:
+    """The fraction of the data set the grid holds out as its test set: ``holdout``, or
+    :data:`DEFAULT_HOLDOUT` for a data set without a test split; None when it has a test set.
 
+    Raises:
+        UnlearnableError: the data set (or ``test``) does not exist.
+    """
+    from ..data import find_splits
+
+    if grid.dataset in BUILTIN_DATASETS:
+        return None
+    if grid.test:
+        find_splits(grid.test)  # a missing test set fails here, before any work
+    if grid.holdout is not None:
+        return grid.holdout
+    if grid.test or "test" in find_splits(grid.dataset):
+        return None
+    return DEFAULT_HOLDOUT
+
+
+def holdout_label(label: str, fraction: Optional[float]) -> str:
+    """The data set's label, saying when its test set is a held-out part of it."""
+    return label if fraction is None else f"{label} (held out {100 * fraction:g}%)"
+
+
+def _load(grid: Grid, progress=None) -> Tuple[ImageSet, ImageSet, Optional[float], Optional[str]]:
+    """``(train, test, held-out fraction or None, fingerprint of the data set as loaded)``."""
+    from ..data import load_images
+    from .store import set_fingerprint
+
+    held = held_out(grid)
     if grid.dataset == "digits":
         from ..quickstart import digits_imageset
 
         train, test = digits_imageset(grid.subset_seed)
+        fp = set_fingerprint(train)
     else:
         tick = progress("load") if progress else None
         train = load_images(grid.dataset, split="train", progress=tick)
-        test = load_images(grid.test or grid.dataset, split="test")
-    return (train.sample(grid.limit, grid.subset_seed), test.sample(grid.test_limit, grid.subset_seed + 1))
+        fp = set_fingerprint(train)
+        if held is None:
+            test = load_images(grid.test or grid.dataset, split="test")
+        else:
+            # No test split: hold a stratified part out before anything else sees the images, so
+            # that protected sets are made from the training part only and victims never train
+            # on a test image. ``load_images(split="test")`` would return the whole set again.
+            from ..audit import holdout_split
+
+            train, _, test = holdout_split(train, train, held, seed=grid.subset_seed)
+    return (train.sample(grid.limit, grid.subset_seed), test.sample(grid.test_limit, grid.subset_seed + 1),
+            held, fp)
+
+
+def load_dataset(grid: Grid, progress=None) -> Tuple[ImageSet, ImageSet]:
+    """The grid's (train, test) sets, subsets drawn with ``subset_seed``; for a data set without
+    a test split, the test set is a seeded, stratified part of it held out of the training set
+    (:func:`held_out`)."""
+    train, test, _, _ = _load(grid, progress)
+    return train, test
 
 
 def generation_key(method, budget, seed: int, data_fingerprint: str) -> str:
@@ -243,19 +318,31 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
     from ..device import describe_device, resolve_device
     from ..progress import fmt_seconds
     from ..protect import fingerprint_set
+    from .store import set_fingerprint
 
-    prep = prepare(grid)
     dev = str(resolve_device(device))
+    prep = prepare(grid, device=dev)
     cache = Path(cache) if cache else db.path.with_name(db.path.name + ".cache")
     t0 = time.perf_counter()
-    train, test = data if data is not None else load_dataset(grid, progress)
+    if data is not None:
+        train, test = data
+        held, dataset_fp = None, set_fingerprint(train)
+    else:
+        train, test, held, dataset_fp = _load(grid, progress)
+    label = holdout_label(grid.label, held)
     data_fp = fingerprint_set(train)
     counts: Dict[str, Any] = {"generated": 0, "cached": 0, "trained": 0, "reused": 0}
     records: List[Dict[str, Any]] = []
-    total = grid.victim_runs()
+    total = len(prep.recipes) * len(grid.archs) * len(grid.defenses) * len(grid.seeds) * (len(grid.cells()) + 1)
     trained_s: List[float] = []
-    log(f"grid: {grid.label}, {len(train)} train / {len(test)} test images, {len(grid.cells())} protected sets, "
-        f"up to {total} victim runs, {describe_device(dev)}")
+    test_note = f" (held out {100 * held:g}% of {grid.label} per class, seed {grid.subset_seed})" if held else ""
+    log(f"grid: {label}, {len(train)} train / {len(test)} test images{test_note}, {len(grid.cells())} protected "
+        f"sets, up to {total} victim runs, {describe_device(dev)}")
+    auto = [r for r in grid.recipes if r.partition(":")[0].strip() == "auto"]
+    if auto:
+        chosen = resolve_recipe(auto[0], dev).partition(":")[0]
+        log(f"recipe auto: {chosen}" + (" (no GPU; its numbers are not comparable with papers' — put "
+                                         "recipes: [paper] in the grid to insist)" if chosen == "cpu-small" else ""))
 
     seen = set()  # clean runs come back once per protected set: count and log them once
     # What the database held, read once and kept current: run keys identify runs across data set names.
@@ -268,10 +355,12 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
             if ident in seen:
                 return
             seen.add(ident)
-            db.add_run(record, dataset=grid.label, **cell)
+            db.add_run(record, dataset=label, dataset_fingerprint=dataset_fp, **cell)
             known.setdefault(record["run_key"], record)
-            records.append({**record, "dataset": grid.label, **cell} if record["trained_on"] == "protected" else
-                           {**record, "dataset": grid.label, "method": "", "budget": "", "method_seed": -1})
+            rec = {k: v for k, v in record.items() if k != "protected_id"}
+            rec.update(dataset=label, dataset_fingerprint=dataset_fp)
+            records.append({**rec, **cell} if record["trained_on"] == "protected" else
+                           {**rec, "method": "", "budget": "", "method_seed": -1})
             counts["reused" if record.get("reused") else "trained"] += 1
             if not record.get("reused"):
                 trained_s.append(record["seconds"])
@@ -298,12 +387,12 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
                                  progress=progress(f"protect {spec}") if progress else None)
             protected = res.protected
             _store(cache, key, protected)
-            db.add_generation(key, dataset=grid.label, method=spec, budget=blabel, method_seed=mseed,
+            db.add_generation(key, dataset=label, method=spec, budget=blabel, method_seed=mseed,
                               n_images=len(train), seconds=res.seconds, device=res.device,
                               linf_max=res.norms.get("linf", {}).get("max"),
                               record={"method": res.method, "spec": spec, "hyperparameters": res.hyperparameters,
                                       "budget": res.budget.to_dict(), "seed": mseed, "norms": res.norms,
-                                      "data_fingerprint": data_fp,
+                                      "data_fingerprint": data_fp, "dataset_fingerprint": dataset_fp,
                                       # rounds/passes it took, whether it resumed (optimising methods)
                                       "run": _plain(getattr(method, "last_run", None))})
             counts["generated"] += 1

@@ -4,6 +4,12 @@ The defense table has a row per defense and, after the clean victim's accuracy a
 column per protected set, ending with each set's recovered accuracy (the best defense on it: the
 data owner's worst case). A database holding several data sets, recipes or architectures gets
 one table for each, since their numbers do not compare.
+
+Two data sets stored under the same label (two folders named ``cifar10``, told apart by their
+content fingerprints) get a table each, their labels followed by a short fingerprint
+(``cifar10 [data 1a2b3c4d]``); likewise two protected sets under one method label (two imported
+poisons of the same name) get a column each, followed by a short hash of the poison
+(``import:em-pt:p_em_class #1a2b3c4d``).
 """
 
 from __future__ import annotations
@@ -22,24 +28,86 @@ def _pct(v: Optional[float]) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
-def column_labels(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str, int], str]:
-    """A column name per (method, budget, method seed) of protected records: the method, with
-    the budget and seed added only where the records hold more than one of them."""
+Cell = Tuple[str, str, int, str]
+
+
+def column_labels(records: Iterable[Dict[str, Any]]) -> Dict[Cell, str]:
+    """A column name per (method, budget, method seed, protected id) of protected records: the
+    method, with the budget and seed added only where the records hold more than one of them,
+    and a short hash of the protected set only where one label would name several sets."""
     cells = list(dict.fromkeys(_cell_of(r) for r in records if r["trained_on"] == "protected"))
     budgets: Dict[str, set] = {}
     seeds: Dict[str, set] = {}
-    for m, b, s in cells:
+    ids: Dict[Tuple[str, str, int], set] = {}
+    for m, b, s, i in cells:
         budgets.setdefault(m, set()).add(b)
         seeds.setdefault(m, set()).add(s)
+        ids.setdefault((m, b, s), set()).add(i)
     out = {}
-    for m, b, s in cells:
+    for m, b, s, i in cells:
         label = m + (f" @ {b}" if len(budgets[m]) > 1 else "") + (f" (seed {s})" if len(seeds[m]) > 1 else "")
-        out[(m, b, s)] = label
+        out[(m, b, s, i)] = label + (f" #{i[:8]}" if i and len(ids[(m, b, s)]) > 1 else "")
     return out
 
 
-def _cell_of(r: Dict[str, Any]) -> Tuple[str, str, int]:
-    return (r.get("method") or "", r.get("budget") or "", int(r.get("method_seed", 0) or 0))
+def _cell_of(r: Dict[str, Any]) -> Cell:
+    return (r.get("method") or "", r.get("budget") or "", int(r.get("method_seed", 0) or 0),
+            r.get("protected_id") or "")
+
+
+def dataset_labels(runs: Iterable[Dict[str, Any]],
+                   generations: Iterable[Dict[str, Any]] = ()) -> Dict[Tuple[str, str], str]:
+    """The report's name per (stored data set label, data set fingerprint): the label, followed
+    by a short fingerprint where one label names data sets of different content. Rows stored
+    without a fingerprint (older databases) keep the bare label, and join the one data set of
+    that label when there is only one."""
+    fps: Dict[str, set] = {}
+    for ds, fp in [(r["dataset"], r.get("dataset_fingerprint") or "") for r in runs] + \
+            [(g["dataset"], _gen_fp(g)) for g in generations]:
+        fps.setdefault(ds, set()).add(fp)
+    out = {}
+    for ds, found in fps.items():
+        several = len(found - {""}) > 1
+        for fp in found:
+            out[(ds, fp)] = f"{ds} [data {fp[:8]}]" if several and fp else ds
+    return out
+
+
+def _gen_fp(g: Dict[str, Any]) -> str:
+    return (g.get("record") or {}).get("dataset_fingerprint") or ""
+
+
+def relabel(runs: List[Dict[str, Any]], generations: List[Dict[str, Any]]):
+    """``runs`` and ``generations`` with ``dataset`` set to the report's name
+    (:func:`dataset_labels`); the stored label stays in ``dataset_label``."""
+    names = dataset_labels(runs, generations)
+    runs = [{**r, "dataset_label": r["dataset"],
+             "dataset": names[(r["dataset"], r.get("dataset_fingerprint") or "")]} for r in runs]
+    generations = [{**g, "dataset_label": g["dataset"], "dataset": names[(g["dataset"], _gen_fp(g))]}
+                   for g in generations]
+    return runs, generations
+
+
+def select(db: ResultsDB, dataset: Optional[str] = None):
+    """The database's ``(runs, generations)`` under the report's data set names, only those of
+    ``dataset`` if given (a report name, or a stored label: all data sets of that label).
+
+    Raises:
+        UnlearnableError: ``dataset`` names no data set the database holds runs for; the
+            message lists those it holds.
+    """
+    from ..errors import UnlearnableError
+
+    runs, gens = relabel(db.runs(), db.generations())
+    if dataset is None:
+        return runs, gens
+    runs = [r for r in runs if dataset in (r["dataset"], r["dataset_label"])]
+    gens = [g for g in gens if dataset in (g["dataset"], g["dataset_label"])]
+    if not runs:
+        held = list(dict.fromkeys(r["dataset"] for r in relabel(db.runs(), [])[0]))
+        raise UnlearnableError(f"{db.path} has no data set {dataset!r}; "
+                               + (f"it holds: {', '.join(held)}" if held else "it holds no runs"))
+    return runs, gens
 
 
 @dataclass
@@ -157,6 +225,8 @@ def markdown_report(runs: List[Dict[str, Any]], generations: List[Dict[str, Any]
         level: Markdown heading level of a data set (its recipes one below), so the report
             can sit inside another document.
     """
+    if any("dataset_label" not in r for r in runs):  # not relabelled yet (a grid's own records)
+        runs, generations = relabel(runs, generations)
     groups = _groups(runs)
     if not groups:
         return "no runs\n"
@@ -181,12 +251,50 @@ def markdown_report(runs: List[Dict[str, Any]], generations: List[Dict[str, Any]
 
 
 def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
-    """:func:`markdown_report` of everything the database holds (for ``dataset``, if given)."""
-    where = {"dataset": dataset} if dataset else {}
-    runs = db.runs(**where)
+    """:func:`markdown_report` of everything the database holds (for ``dataset``, if given).
+
+    Raises:
+        UnlearnableError: ``dataset`` is not one the database holds (see :func:`select`).
+    """
+    runs, gens = select(db, dataset) if dataset else relabel(db.runs(), db.generations())
     if not runs:
-        return "no runs stored" + (f" for data set {dataset!r}" if dataset else "") + "\n"
-    return markdown_report(runs, db.generations(**where))
+        return "no runs stored\n"
+    return markdown_report(runs, gens)
+
+
+#: The formats ``--plot`` writes, by file extension (what matplotlib's savefig writes).
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def plot_format(path) -> str:
+    """The plot format ``path``'s extension names.
+
+    Raises:
+        UnlearnableError: an extension that is not one of :data:`PLOT_FORMATS`.
+    """
+    from pathlib import Path
+
+    from ..errors import UnlearnableError
+
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise UnlearnableError(f"cannot plot to {path}: name a .png, .svg or .pdf file "
+                               f"(the extension picks the format)")
+    return ext
+
+
+def bar_styles(n_columns: int) -> List[Dict[str, Any]]:
+    """``ax.bar`` styles of the clean series and then ``n_columns`` protected sets: clean is
+    white with black hatching, the methods take colours that are neither grey nor repeated
+    (up to 18 of them)."""
+    import matplotlib
+
+    palette = [c for c in matplotlib.colormaps["tab10"].colors if len(set(c)) > 1]  # drop tab10's grey
+    if n_columns > len(palette):
+        palette = [c for c in matplotlib.colormaps["tab20"].colors if len(set(c)) > 1]
+    styles = [{"color": "white", "edgecolor": "black", "hatch": "///", "linewidth": 0.6}]
+    styles += [{"color": palette[j % len(palette)]} for j in range(n_columns)]
+    return styles
 
 
 def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
@@ -198,13 +306,14 @@ def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
         UnlearnableError: matplotlib is missing, the folder of ``path`` does not exist, or the
             database holds no runs (for ``dataset``).
     """
-    from ..data.save import check_writable
+    from ..data.save import atomic_write, check_writable
     from ..errors import UnlearnableError
-    from ..plotting import pyplot, save_figure
+    from ..plotting import pyplot
 
+    fmt = plot_format(path)
     plt = pyplot("--plot")
     p = check_writable(path)
-    groups = _groups(db.runs(**({"dataset": dataset} if dataset else {})))
+    groups = _groups(select(db, dataset)[0])
     if not groups:
         raise UnlearnableError(f"{db.path} holds no runs" + (f" for data set {dataset!r}" if dataset else "")
                                + ": nothing to plot")
@@ -215,13 +324,11 @@ def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
             series = [("clean", t.clean, "clean")] + [(c, t.protected[c], "protected") for c in t.columns]
             width = 0.8 / len(series)
             x = np.arange(len(t.defenses))
-            cmap = plt.get_cmap("tab10")
-            for j, (name, rows, on) in enumerate(series):
+            for j, ((name, rows, on), style) in enumerate(zip(series, bar_styles(len(t.columns)))):
                 mean = [100 * rows[d][f"{on}_final"] if d in rows else np.nan for d in t.defenses]
                 sd = [100 * rows[d][f"{on}_sd"] if d in rows else 0.0 for d in t.defenses]
-                colour = "0.6" if on == "clean" else cmap((j - 1) % 10)
-                ax.bar(x + (j - (len(series) - 1) / 2) * width, mean, width, yerr=sd, label=name, color=colour,
-                       capsize=2 if any(sd) else 0)
+                ax.bar(x + (j - (len(series) - 1) / 2) * width, mean, width, yerr=sd, label=name,
+                       capsize=2 if any(sd) else 0, **style)
             ax.set_xticks(x)
             ax.set_xticklabels(t.defenses, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 100)
@@ -229,10 +336,9 @@ def plot_report(db: ResultsDB, path, dataset: Optional[str] = None) -> int:
             ax.set_title(f"{ds} — recipe {recipe}, {arch}", fontsize=10)
             ax.legend(fontsize=7, ncol=min(4, len(series)), loc="upper right")
         fig.tight_layout()
-    except BaseException:
+        atomic_write(p, lambda f: fig.savefig(f, format=fmt))
+    finally:
         plt.close(fig)
-        raise
-    save_figure(fig, p)
     return len(groups)
 
 

@@ -10,11 +10,18 @@ set (``generations``) holds its generation time, device and measured norms.
 Each row is committed on its own, so a run interrupted at any point keeps everything it
 finished; the full record (curve, recipe, device, ...) is kept as JSON beside the indexed
 columns. SQLite ships with Python: no server, one file to copy between machines.
+
+Two facts a report needs beyond the columns live in the record: ``dataset_fingerprint``
+(:func:`data_fingerprint` of the data set the ``dataset`` label names, so two different data
+sets of the same name do not merge into one table) and, for protected sets the method name
+does not identify (imported poisons, protected folders), ``protected_id`` (e.g. the poison
+file's sha256), so two poisons under one label do not merge into one column.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -54,6 +61,45 @@ GENERATION_COLUMNS = ("dataset", "method", "budget", "method_seed", "n_images", 
                       "version", "created", "gen_key")
 
 
+def data_fingerprint(ids, sha256=None, source_files=None, images=None) -> Optional[str]:
+    """A short content fingerprint of a data set, whatever order it was loaded in: its ids with
+    their files' sha256 (folder data) and its container files' sha256 (CIFAR batches, NPZ);
+    without either, its pixels (``images``), else None (unknown).
+
+    The grid fingerprints the data set it loads, ``audit --db`` the clean input a protected
+    folder's manifest lists: the same data give the same fingerprint.
+    """
+    ids = list(ids)
+    sha = list(sha256) if sha256 else [""] * len(ids)
+    if not any(sha) and not source_files and images is None:
+        return None
+    h = hashlib.sha256()
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    for i in order:
+        h.update(f"{ids[i]}\t{sha[i] or ''}\n".encode())
+    for k in sorted(source_files or {}):
+        h.update(f"{k}:{source_files[k]}\n".encode())
+    if not any(sha) and not source_files:
+        import numpy as np
+
+        for i in order:
+            h.update(np.ascontiguousarray(images[i]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def set_fingerprint(data) -> str:
+    """:func:`data_fingerprint` of an :class:`~unlearnable.data.imageset.ImageSet`."""
+    return data_fingerprint(data.ids, data.sha256, data.source_files, data.images)
+
+
+def manifest_fingerprint(manifest: Dict[str, Any]) -> Optional[str]:
+    """:func:`data_fingerprint` of the clean input a protected folder's manifest lists (None
+    when it lists no file hashes: an in-memory input)."""
+    files = manifest.get("files") or []
+    return data_fingerprint([f.get("id", "") for f in files], [f.get("input_sha256") or "" for f in files],
+                            (manifest.get("input") or {}).get("source_files"))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -65,22 +111,27 @@ class ResultsDB:
         path: the SQLite file.
         create: create the file when it does not exist; else a missing file is an error
             (reports read an existing database).
+        readonly: open the file for reading only (reports): nothing is written to it, not
+            even the schema, and a file without this package's tables is refused.
 
     Raises:
-        UnlearnableError: a missing file (``create=False``), a folder that does not exist, a
-            file that is not a results database, or one written by a newer schema.
+        UnlearnableError: a missing file (``create=False`` or ``readonly``), a folder that does
+            not exist, a file that is not a results database, or one written by a newer schema.
     """
 
-    def __init__(self, path, *, create: bool = True):
+    def __init__(self, path, *, create: bool = True, readonly: bool = False):
         from ..data.save import check_writable
 
         self.path = Path(path).expanduser()
         if not self.path.exists():
-            if not create:
+            if not create or readonly:
                 raise UnlearnableError(f"{self.path}: no such results database")
             check_writable(self.path)
         elif self.path.is_dir():
             raise UnlearnableError(f"{self.path} is a folder, not a results database")
+        if readonly:
+            self._open_readonly()
+            return
         try:
             # Another process writing the same file holds its lock for one commit: wait for it.
             self.conn = sqlite3.connect(str(self.path), timeout=60)
@@ -95,6 +146,30 @@ class ResultsDB:
             raise UnlearnableError(f"{self.path} was written by a newer unlearnable (schema {row[0]}); upgrade to "
                                    "read it")
 
+    def _open_readonly(self) -> None:
+        from urllib.parse import quote
+
+        not_ours = UnlearnableError(f"{self.path} holds no unlearnable results")
+        try:
+            self.conn = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=ro", uri=True, timeout=60)
+        except sqlite3.Error as e:
+            raise UnlearnableError(f"cannot open {self.path}: {e}") from None
+        try:
+            tables = {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            row = None
+            if {"meta", "runs", "generations"} <= tables:
+                row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except sqlite3.DatabaseError:  # not an SQLite file at all
+            self.conn.close()
+            raise not_ours from None
+        if row is None:
+            self.conn.close()
+            raise not_ours
+        if int(row[0]) > SCHEMA_VERSION:
+            self.conn.close()
+            raise UnlearnableError(f"{self.path} was written by a newer unlearnable (schema {row[0]}); upgrade to "
+                                   "read it")
+
     def close(self) -> None:
         self.conn.close()
 
@@ -106,15 +181,25 @@ class ResultsDB:
 
     # -- writing ---------------------------------------------------------------------------
     def add_run(self, record: Dict[str, Any], *, dataset: str, method: str = "", budget: str = "",
-                method_seed: int = -1) -> None:
+                method_seed: int = -1, dataset_fingerprint: Optional[str] = None,
+                protected_id: Optional[str] = None) -> None:
         """Store one audit record (:func:`unlearnable.audit.run_audit`), committed at once.
 
         A record already stored under the same key and cell is replaced (a re-run of the same
         settings), so re-running a grid never duplicates rows.
+
+        Args:
+            dataset_fingerprint: :func:`data_fingerprint` of the data set ``dataset`` names.
+            protected_id: what identifies the protected set when ``method`` does not (an
+                imported poison's sha256); ignored for clean runs.
         """
         if record.get("trained_on") == "clean":
-            method, budget, method_seed = "", "", -1
-        rec = {k: v for k, v in record.items() if k != "reused"}
+            method, budget, method_seed, protected_id = "", "", -1, None
+        rec = {k: v for k, v in record.items() if k not in ("reused", "dataset_fingerprint", "protected_id")}
+        if dataset_fingerprint:
+            rec["dataset_fingerprint"] = dataset_fingerprint
+        if protected_id:
+            rec["protected_id"] = protected_id
         if not rec.get("run_key"):
             raise ValueError("a record needs its run_key to be stored")
         row = (rec["run_key"], dataset, method, budget, int(method_seed), rec["defense"], rec.get("arch"),
@@ -154,6 +239,10 @@ class ResultsDB:
             d["record"] = json.loads(d["record"])
             out.append(d)
         return out
+
+    def datasets(self) -> List[str]:
+        """The data set labels the database holds runs for, in the order first stored."""
+        return list(dict.fromkeys(d for (d,) in self._select("runs", ("dataset",), {})))
 
     def run_table(self, **where: Any) -> List[Dict[str, Any]]:
         """The indexed columns of stored runs, one dict per row (what the CSV export writes)."""

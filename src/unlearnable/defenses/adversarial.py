@@ -32,9 +32,10 @@ Design choices (all per batch, on the training device):
 * On CUDA the attack's forward/backward passes run under bf16 autocast like the training step
   (where the GPU supports bf16); the loop has no host synchronisation (no ``.item()``, no
   data-dependent Python branches).
-* ``eps`` and ``step`` go through :meth:`unlearnable.budget.Budget.parse`: ``at:eps=8`` and
-  ``at:eps=8/255`` are the same ℓ∞ budget (bare numbers ≥ 1 count grey levels); for ℓ2 a bare
-  number is in the [0, 1] scale.
+* ``eps`` and ``step`` are read as :meth:`unlearnable.budget.Budget.parse` reads budgets:
+  ``at:eps=8`` and ``at:eps=8/255`` are the same ℓ∞ ball (bare numbers ≥ 1 count grey levels);
+  for ℓ2 a bare number is in the [0, 1] scale. Unlike a protection budget, a radius below one
+  grey level is accepted (the attack works on float images).
 
 Cost: a PGD-k epoch does k extra forward+backward passes per batch (input gradients only, so
 each backward skips the weight-gradient kernels): at most (k + 1)× a clean epoch. Measured on
@@ -45,12 +46,14 @@ per epoch against ``standard``): PGD-7 5.7×, PGD-10 7.9×, ℓ2 PGD-10 7.3×.
 from __future__ import annotations
 
 import contextlib
+import math
+from fractions import Fraction
 from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..budget import Budget
+from ..budget import _ALIASES as _NORM_ALIASES
 from ..errors import UnlearnableError
 from .base import Defense, register_defense, register_short_form
 
@@ -164,10 +167,30 @@ def pgd_l2(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
 
 
 def _parse_size(value: Number, norm: str, what: str) -> float:
-    b = Budget.parse(value if isinstance(value, str) else repr(value), default_norm=norm)
-    if b.norm != norm:
-        raise UnlearnableError(f"{what}: expected an {norm} size, got {value!r}")
-    return float(b.eps)
+    """An attack radius or step as :meth:`Budget.parse` reads it (``8/255``, ``8``, ``0.0314``,
+    ``linf:8/255``), in the [0, 1] scale.
+
+    Unlike a protection budget, it need not reach one grey level after rounding to uint8: the
+    attack works on float images, so ``at:eps=0.001`` is a (weak) adversarial training.
+    """
+    text = (value if isinstance(value, str) else repr(value)).strip()
+    head, colon, rest = text.partition(":")
+    if colon and head.strip().lower() in _NORM_ALIASES:
+        if _NORM_ALIASES[head.strip().lower()] != norm:
+            raise UnlearnableError(f"{what}: expected an {norm} size, got {value!r}")
+        text = rest.strip()
+    num, slash, den = text.partition("/")
+    try:
+        size = float(Fraction(num.strip()) / Fraction(den.strip())) if slash else float(text)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        size = math.nan
+    if isinstance(value, bool) or not math.isfinite(size) or size <= 0:
+        raise UnlearnableError(f"{what} must be a positive finite size (8/255, 8 grey levels or 0.0314), got {value!r}")
+    if norm == "linf" and not slash and size >= 1:
+        size /= 255.0  # bare numbers >= 1 count grey levels, as for budgets
+    if norm == "linf" and size > 1:
+        raise UnlearnableError(f"{what} must be at most 255/255 (an ℓ∞ ball that large holds every image), got {value!r}")
+    return size
 
 
 # -- defenses -------------------------------------------------------------------------------
@@ -178,12 +201,15 @@ class _PGDDefense(Defense):
                  seed: Optional[int]):
         name = type(self).__dict__.get("registry_name", type(self).__name__)
         self.eps = _parse_size(eps, self.norm, f"{name}: eps")
-        if int(steps) != steps or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not math.isfinite(steps) \
+                or int(steps) != steps or steps < 1:
             raise UnlearnableError(f"{name}: steps must be a positive integer, got {steps!r}")
         self.steps = int(steps)
         self.step = None if step is None else _parse_size(step, self.norm, f"{name}: step")
         if attack_mode not in ("eval", "train"):
             raise UnlearnableError(f"{name}: attack_mode must be 'eval' or 'train', got {attack_mode!r}")
+        if not (isinstance(random_start, bool) or random_start in (0, 1)):
+            raise UnlearnableError(f"{name}: random_start must be true or false, got {random_start!r}")
         self.random_start = bool(random_start)
         self.attack_mode = attack_mode
         self.seed = None if seed is None else int(seed)
@@ -204,7 +230,7 @@ class _PGDDefense(Defense):
         for item in args.split(","):
             key, _, value = item.partition("=")
             v = getattr(self, key, None)
-            if key in ("eps", "step") and isinstance(v, float) and abs(v * 255 - round(v * 255)) < 1e-9:
+            if key in ("eps", "step") and isinstance(v, float) and round(v * 255) >= 1 and abs(v * 255 - round(v * 255)) < 1e-9:
                 value = f"{round(v * 255)}/255"
             items.append(f"{key}={value}")
         return name + ":" + ",".join(items)

@@ -30,7 +30,7 @@ Contracts:
 Defenses are registered by short names (timm style) and built from a spec string::
 
     create_defense("standard")                 # one defense, paper defaults
-    create_defense("standard:pad=2,flip=0")    # keyword arguments, parsed as int/float/bool/str
+    create_defense("standard:pad=2,flip=0")    # keyword arguments, converted to the declared types
     create_defense("jpeg:quality=10+standard") # composition, applied left to right
 
 Hyperparameters are typed constructor keyword arguments with the paper's defaults; the
@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 
 from ..errors import UnlearnableError
-from ..registry import Registry, format_value, parse_named_spec
+from ..registry import Registry, format_value, parse_named_spec, typed_value
 
 __all__ = [
     "Defense",
@@ -281,20 +281,34 @@ def register_short_form(pattern: str, expand: Callable[["re.Match[str]"], str]) 
     SHORT_FORMS.append((re.compile(pattern), expand))
 
 
-def _expand_short_form(part: str) -> str:
-    if ":" in part or part in DEFENSES:
+def _expand_short_form(part: str, spec: Optional[str] = None) -> str:
+    name, colon, args = part.partition(":")
+    name = name.strip()
+    if name in DEFENSES:
         return part
     for rx, expand in SHORT_FORMS:
-        m = rx.fullmatch(part)
-        if m:
+        m = rx.fullmatch(name)
+        if m and not colon:
             return expand(m)
+        if m:  # "at8:eps=2": a short form stands for parameters already; say what to write instead
+            long_name, _, long_args = expand(m).partition(":")
+            items = {}
+            for item in (long_args + "," + args).split(","):
+                key, eq, value = item.partition("=")
+                if eq:
+                    items[key.strip()] = value.strip()
+            fixed = long_name + ":" + ",".join(f"{k}={v}" for k, v in items.items())
+            raise UnlearnableError(f"bad defense spec {spec or part!r}: the short form {name!r} takes no "
+                                   f"parameters (it stands for {expand(m)!r}); write {fixed!r} instead")
     return part
 
 
 def parse_spec(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
     """Split a spec into ``[(name, kwargs), ...]``, one entry per ``+``-separated part.
 
-    Values are parsed as int, then float, then bool (``true``/``false``), else kept as str.
+    Values are parsed as bool (``true``/``false``), then int, then float, else kept as str
+    (:func:`~unlearnable.registry.parse_value`); :func:`create_defense` then converts each to
+    its parameter's declared type.
 
     Raises:
         UnlearnableError: for an empty part or a ``key=value`` list that does not parse.
@@ -306,7 +320,7 @@ def parse_spec(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
         part = part.strip()
         if not part:
             raise UnlearnableError(f"bad defense spec {spec!r}: empty part around '+'")
-        out.append(parse_named_spec(_expand_short_form(part), "defense", spec))
+        out.append(parse_named_spec(_expand_short_form(part, spec), "defense", spec))
     return out
 
 
@@ -333,19 +347,28 @@ def create_defense(spec: Union[str, Defense, Iterable[Union[str, Defense]], None
             raise UnlearnableError("empty list of defenses")
         return parts[0] if len(parts) == 1 else Compose(parts)
     built: List[Defense] = []
-    for name, kwargs in parse_spec(spec):
+    # parse_spec checked that every '+' part is non-empty: one (name, kwargs) per part.
+    for part, (name, kwargs) in zip(spec.split("+"), parse_spec(spec)):
+        part = part.strip()
         cls = DEFENSES.get(name)
-        accepted = {p.name for p in _init_params(cls)}
+        params = {p.name: p for p in _init_params(cls)}
         takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _signature_params(cls))
-        unknown = sorted(set(kwargs) - accepted) if not takes_var_kw else []
+        unknown = sorted(set(kwargs) - set(params)) if not takes_var_kw else []
         if unknown:
-            have = ", ".join(sorted(accepted)) or "none"
+            have = ", ".join(sorted(params)) or "none"
             raise UnlearnableError(f"defense {name!r} has no parameter {unknown[0]!r}; its parameters: {have}")
+        # Each value converted to its parameter's declared type (int: integral and finite,
+        # float: finite, bool: true/false/yes/no/1/0), as --param does for methods.
+        kwargs = {k: typed_value(f"defense {part!r}", k, params[k].annotation, v) if k in params else v
+                  for k, v in kwargs.items()}
         try:
             built.append(cls(**kwargs))
-        except UnlearnableError:
-            raise
-        except (TypeError, ValueError) as e:
+        except UnlearnableError as e:
+            # Name the spec part the error is about (a composition may hold several defenses).
+            msg = str(e)
+            msg = msg[len(name) + 2:] if msg.startswith(f"{name}: ") else msg
+            raise UnlearnableError(f"defense {part!r}: {msg}") from None
+        except (TypeError, ValueError, OverflowError) as e:
             raise UnlearnableError(f"bad parameters for defense {name!r} in {spec!r}: {e}") from None
     return built[0] if len(built) == 1 else Compose(built)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,11 +40,17 @@ from .recipes import Recipe, get_recipe
 if TYPE_CHECKING:  # pragma: no cover
     from ..defenses.base import Defense
 
-__all__ = ["TrainResult", "train_victim", "evaluate", "describe_device"]
+__all__ = ["TrainResult", "train_victim", "evaluate", "describe_device", "DIVERGED_LOSS_FACTOR"]
 
 log = logging.getLogger(__name__)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: An epoch whose mean training loss exceeds this many times ln K (the loss of a uniform guess
+#: over K classes), or is not finite, counts as diverged. A run that learns stays near or
+#: below ln K; a learning rate that recovers from a spike was measured at ~5 ln K, one that
+#: never did at 1e6+ ln K.
+DIVERGED_LOSS_FACTOR = 1000.0
 ProgressFn = Callable[[int, int, Dict[str, Any]], None]
 CheckpointFn = Callable[[int, torch.nn.Module], None]
 
@@ -65,6 +72,12 @@ class TrainResult:
     the best validation accuracy (the earliest on ties) and ``selected_acc`` its clean test
     accuracy; ``n_val`` held-out images are not trained on. Without one, these are ``None``
     and 0.
+
+    A run whose training loss diverged (an epoch's mean loss not finite, or above
+    :data:`DIVERGED_LOSS_FACTOR` · ln K, far above the ln K of a uniform guess) stops after
+    that epoch with ``diverged`` true and ``diverged_epoch`` set: its accuracies measure a
+    broken optimisation (too high a learning rate), not the data, and must not be reported
+    as a result.
     """
 
     arch: str
@@ -90,12 +103,16 @@ class TrainResult:
     selected_epoch: Optional[int] = None  # best validation epoch (defenses with validation_split)
     selected_acc: Optional[float] = None  # clean test accuracy at selected_epoch
     n_val: int = 0  # held-out validation images (not trained on)
+    diverged: bool = False  # the training loss became non-finite or exploded; training stopped early
+    diverged_epoch: Optional[int] = None  # the epoch (1-based) at which it was detected
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> Dict[str, Any]:
         """All fields except the model, JSON-serialisable."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
-        d["curve"] = [dict(e) for e in self.curve]
+        # A diverged epoch's loss is nan or inf, which strict JSON has no word for: null.
+        d["curve"] = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in e.items()}
+                      for e in self.curve]
         return d
 
     @classmethod
@@ -435,6 +452,8 @@ def train_victim(
         lookahead = _Lookahead(model, recipe.lookahead_every, recipe.lookahead_decay, total_steps) \
             if recipe.lookahead_every > 0 else None
         curve: List[Dict[str, float]] = []
+        diverged_epoch: Optional[int] = None
+        loss_limit = DIVERGED_LOSS_FACTOR * max(1.0, math.log(max(int(num_classes), 2)))
         train_seconds = 0.0
         step = 0
         cuda = dev.type == "cuda"
@@ -508,6 +527,12 @@ def train_victim(
                     "epoch %d/%d lr %.4g loss %.4f train %.4f test %.4f (%.2fs)",
                     epoch, recipe.epochs, entry["lr"], entry["train_loss"], entry["train_acc"], test_acc, epoch_seconds,
                 )
+            if not math.isfinite(entry["train_loss"]) or entry["train_loss"] > loss_limit:
+                # Read from the epoch's accumulated loss (the sync above): no extra sync per step.
+                diverged_epoch = epoch
+                log.warning("training diverged at epoch %d/%d (mean train loss %g); stopped: lower the learning rate",
+                            epoch, recipe.epochs, entry["train_loss"])
+                break
             if patience is not None and since_best >= patience:
                 break  # early stopping: no better validation accuracy for `patience` epochs
 
@@ -539,6 +564,8 @@ def train_victim(
         selected_epoch=None if selected is None else int(selected["epoch"]),
         selected_acc=None if selected is None else selected["test_acc"],
         n_val=0 if xval is None else int(xval.shape[0]),
+        diverged=diverged_epoch is not None,
+        diverged_epoch=diverged_epoch,
     )
 
 

@@ -100,20 +100,46 @@ class Recipe:
     description: str = ""  # one line for listings
 
     def __post_init__(self) -> None:
+        # Every field typed (int: integral, float: finite, bool: true/false) and in range, so a
+        # spec such as ``cpu-small:lr=nan`` or ``:momentum=5`` fails by name before training.
+        owner = f"recipe {self.name!r}"
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, typed_value(owner, f.name, f.type, getattr(self, f.name)))
         if self.schedule not in SCHEDULES:
-            raise UnlearnableError(f"recipe {self.name!r}: unknown schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
+            raise UnlearnableError(f"{owner}: unknown schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
-            raise UnlearnableError(f"recipe {self.name!r}: unknown optimizer {self.optimizer!r}; one of {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UnlearnableError(f"recipe {self.name!r}: epochs and batch sizes must be positive")
-        if self.tta_translate < 0:
-            raise UnlearnableError(f"recipe {self.name!r}: tta_translate must be >= 0")
-        if self.lookahead_every < 0 or not 0.0 <= self.lookahead_decay <= 1.0:
-            raise UnlearnableError(f"recipe {self.name!r}: need lookahead_every >= 0 and lookahead_decay in [0, 1]")
-        if self.lr <= 0 or self.warmup_epochs < 0:
-            raise UnlearnableError(f"recipe {self.name!r}: need lr > 0 and warmup_epochs >= 0")
+            raise UnlearnableError(f"{owner}: unknown optimizer {self.optimizer!r}; one of {', '.join(OPTIMIZERS)}")
+        ranges = [  # (field, ok, what it must be)
+            ("epochs", self.epochs >= 1, "positive (an integer >= 1)"),
+            ("batch_size", self.batch_size >= 1, "positive (an integer >= 1)"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "positive (an integer >= 1)"),
+            ("lr", self.lr > 0, "> 0"),
+            ("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("norm_lr_scale", self.norm_lr_scale > 0, "> 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("step_gamma", 0.0 < self.step_gamma <= 1.0, "in (0, 1]"),
+            ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1)"),
+            ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 (or none)"),
+            ("tta_translate", self.tta_translate >= 0, ">= 0"),
+            ("whiten_images", self.whiten_images >= 0, ">= 0"),
+            ("lookahead_every", self.lookahead_every >= 0, ">= 0"),
+            ("lookahead_decay", 0.0 <= self.lookahead_decay <= 1.0, "in [0, 1]"),
+        ]
+        for key, ok, must in ranges:
+            if not ok:
+                raise UnlearnableError(f"{owner}: {key} must be {must}, got {getattr(self, key)!r}")
+        if self.nesterov and self.momentum == 0:
+            raise UnlearnableError(f"{owner}: nesterov needs momentum > 0")
         # A list given for the milestones would make the frozen recipe unhashable.
-        object.__setattr__(self, "step_milestones", tuple(float(m) for m in self.step_milestones))
+        try:
+            milestones = tuple(float(m) for m in self.step_milestones)
+        except (TypeError, ValueError):
+            milestones = (math.nan,)
+        if not all(0.0 <= m <= 1.0 for m in milestones):
+            raise UnlearnableError(f"{owner}: step_milestones must be fractions of training in [0, 1], "
+                                   f"got {self.step_milestones!r}")
+        object.__setattr__(self, "step_milestones", milestones)
 
     def lr_at(self, step: int, total_steps: int, steps_per_epoch: int) -> float:
         """Learning rate of optimisation step ``step`` (0-based) out of ``total_steps``."""
@@ -173,7 +199,7 @@ def get_recipe(name: "str | Recipe", *, epochs: Optional[int] = None, arch: Opti
     """
     recipe = name if isinstance(name, Recipe) else _from_spec(name)
     if epochs is not None:
-        recipe = recipe.replace(epochs=int(epochs))
+        recipe = recipe.replace(epochs=typed_value(f"recipe {recipe.name!r}", "epochs", "int", epochs))
     if arch is not None:
         recipe = recipe.replace(arch=arch)
     return recipe
