@@ -154,7 +154,10 @@ def main(argv=None) -> int:
         row = dict(method=name, budget=res.budget.describe(), linf=res.norms["linf"]["max"], gen_s=gen_s,
                    rounds=rounds_of(name, run), recipe="-", final="-", best="-")
         changed = {k: v for k, v in kw.items()}
-        notes.append(f"{name}: {changed or 'paper defaults'}; mean linf {res.norms['linf']['mean']:.2f}")
+        history = run.get("train_acc")  # EM's stop criterion, per round: did it converge, or oscillate?
+        notes.append(f"{name}: {changed or 'paper defaults'}; mean linf {res.norms['linf']['mean']:.2f}"
+                     + (f"; surrogate accuracy on x+δ per round: {' '.join(f'{a:.2f}' for a in history)}"
+                        if history else ""))
         if args.victim:
             tr = train_victim(res.protected.stacked(), train.labels, test.stacked(), test.labels, recipe=recipe,
                               defense=args.victim_defense, num_classes=train.num_classes, arch=args.victim_arch,

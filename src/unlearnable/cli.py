@@ -387,12 +387,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def auto_recipe(name: str, device: Optional[str]) -> str:
     """``auto``: the paper protocol where a GPU makes it affordable, the small CPU recipe elsewhere."""
-    if name != "auto":
-        return name
-    from .device import resolve_device
+    from .train.recipes import resolve_recipe
 
-    chosen = "paper" if resolve_device(device).type == "cuda" else "cpu-small"
-    if chosen == "cpu-small":
+    chosen = resolve_recipe(name, device)
+    if chosen != name and chosen.startswith("cpu-small"):
         _print("recipe: cpu-small (no GPU; its numbers are not comparable with papers' — pass --recipe paper to insist)")
     return chosen
 

@@ -414,7 +414,7 @@ def test_the_default_recipe_is_auto_resolved_for_the_device(tmp_path, monkeypatc
     import torch
 
     import unlearnable.device
-    from unlearnable.bench.grid import resolve_recipe
+    from unlearnable.train.recipes import resolve_recipe
 
     no_recipe = {k: v for k, v in GRID.items() if k != "recipes"}
     grid = grid_from_dict({**no_recipe, "methods": ["random"], "defenses": ["none"], "epochs": 1, "limit": 60})

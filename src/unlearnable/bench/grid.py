@@ -186,24 +186,13 @@ class _Prepared:
     recipes: List[Any]
 
 
-def resolve_recipe(spec: str, device: Optional[str] = None) -> str:
-    """``auto`` (or ``auto:epochs=3``, ...): ``paper`` where a GPU makes it affordable,
-    ``cpu-small`` elsewhere, as ``audit --recipe auto``; any other recipe spec as it is."""
-    base, sep, rest = spec.partition(":")
-    if base.strip() != "auto":
-        return spec
-    from ..device import resolve_device
-
-    return ("paper" if resolve_device(device).type == "cuda" else "cpu-small") + sep + rest
-
-
 def prepare(grid: Grid, device: Optional[str] = None) -> _Prepared:
     """Create every method, budget, defense and recipe the grid names (fails fast on any);
     ``auto`` recipes are resolved for ``device``."""
     from ..defenses import create_defense
     from ..methods import create_method
     from ..registry import parse_named_spec
-    from ..train.recipes import get_recipe
+    from ..train.recipes import get_recipe, resolve_recipe
     from ..models import list_models
 
     methods = {}
@@ -318,6 +307,7 @@ def run_grid(grid: Grid, db: ResultsDB, *, cache: Optional[Path] = None, device:
     from ..device import describe_device, resolve_device
     from ..progress import fmt_seconds
     from ..protect import fingerprint_set
+    from ..train.recipes import resolve_recipe
     from .store import set_fingerprint
 
     dev = str(resolve_device(device))

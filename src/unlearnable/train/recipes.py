@@ -181,6 +181,18 @@ def register_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
+def resolve_recipe(spec: str, device: Optional[str] = None) -> str:
+    """``auto`` (or ``auto:epochs=3``, ...): ``paper`` where a GPU makes it affordable,
+    ``cpu-small`` elsewhere; any other recipe spec as it is. What ``audit`` and grids do with
+    ``auto``."""
+    base, sep, rest = spec.partition(":")
+    if base.strip() != "auto":
+        return spec
+    from ..device import resolve_device
+
+    return ("paper" if resolve_device(device).type == "cuda" else "cpu-small") + sep + rest
+
+
 def get_recipe(name: "str | Recipe", *, epochs: Optional[int] = None, arch: Optional[str] = None) -> Recipe:
     """The recipe registered as ``name``, or a spec changing some of its fields.
 
