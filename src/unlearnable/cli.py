@@ -408,8 +408,11 @@ def _check_victim_args(args: argparse.Namespace, defenses: List[str]) -> str:
     get_recipe(recipe, epochs=args.epochs, arch=args.arch)
     if args.arch and args.arch not in MODELS:
         raise UnlearnableError(f"unknown architecture {args.arch!r}; available: {', '.join(MODELS.list())}")
+    seen: Dict[str, str] = {}
     for d in defenses:
-        create_defense(d)
+        same = seen.setdefault(create_defense(d).spec, d)
+        if same != d:  # jpeg10 and jpeg:quality=10 would train the same victims twice
+            raise UnlearnableError(f"defenses {same!r} and {d!r} are the same ({create_defense(d).spec}); list it once")
     return recipe
 
 

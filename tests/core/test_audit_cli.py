@@ -410,7 +410,8 @@ def test_a_test_set_that_is_the_training_npz_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad, needle", [(["--arch", "nope"], "unknown architecture"),
                                          (["--recipe", "paper:bogus=1"], "bogus"),
-                                         (["--defenses", "jpeg200"], "jpeg200")])
+                                         (["--defenses", "jpeg200"], "jpeg200"),
+                                         (["--defenses", "jpeg10,jpeg:quality=10"], "are the same")])
 def test_audit_options_are_checked_before_any_data_is_read(tmp_path, capsys, bad, needle):
     """The input does not even exist: the option's error must come first, not after loading."""
     code = main(["audit", str(tmp_path / "missing"), "--clean", str(tmp_path / "missing"), *bad])

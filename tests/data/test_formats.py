@@ -61,6 +61,10 @@ def test_png_index_errors(clean, tmp_path):
     (folder / "00011.png").unlink()
     with pytest.raises(UnlearnableError, match="11 PNG files for 12"):
         import_poison(folder, clean)
+    (folder / "00007.png").rename(folder / "00011.png")  # a gap inside 0..N-1 is named
+    with pytest.raises(UnlearnableError, match="index 7 is missing"):
+        import_poison(folder, clean)
+    (folder / "00011.png").rename(folder / "00007.png")
     (folder / "00012.png").write_bytes(encode_png(prot.images[0]))
     with pytest.raises(UnlearnableError, match="index 11 is missing"):
         import_poison(folder, clean)
@@ -103,6 +107,12 @@ def test_em_pt_errors(clean, tmp_path):
         import_poison(path, clean)
     torch.save(_Evil(), path)  # weights_only=True refuses arbitrary callables
     with pytest.raises(UnlearnableError, match="bad.pt"):
+        import_poison(path, clean)
+    np.save(tmp_path / "x.npy", np.zeros((N, 3, S, S), np.float32))  # another format, forced
+    with pytest.raises(UnlearnableError, match="is not a torch file"):
+        import_poison(tmp_path / "x.npy", clean, fmt="em-pt")
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UnlearnableError, match="damaged or truncated"):
         import_poison(path, clean)
 
 

@@ -275,6 +275,10 @@ def _folder_label(f: Path, path: Path, clean: ImageSet) -> Optional[int]:
 
 def _read_png_index(path: Path, clean: ImageSet) -> Tuple[Images, Dict[str, Any]]:
     found = _index_files(path)
+    if len(found) < len(clean) and max(found) <= len(clean) - 1:  # gaps in 0..N-1: name the first
+        missing = min(set(range(len(clean))) - set(found))
+        raise UnlearnableError(f"{path}: index {missing} is missing ({len(found)} PNG files for {len(clean)} clean "
+                               f"images; {_BY_CONTENT})")
     _check_count(len(found), clean, path, "PNG files", _BY_CONTENT)
     if max(found) != len(clean) - 1:
         missing = min(set(range(len(clean))) - set(found))
@@ -300,15 +304,22 @@ def _read_png_index(path: Path, clean: ImageSet) -> Tuple[Images, Dict[str, Any]
 def _read_em_pt(path: Path, clean: ImageSet) -> Tuple[np.ndarray, Dict[str, Any]]:
     import torch
 
+    raw = _read_bytes(str(path))
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else is another format.
+    not_torch = UnlearnableError(f"{path} is not a torch file (torch.save writes a zip archive); "
+                                 "pass --format for what it is")
     try:
-        obj = torch.load(io.BytesIO(_read_bytes(str(path))), map_location="cpu", weights_only=True)
-    except UnlearnableError:
-        raise
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only=True refuses anything but tensors and plain containers
+        if raw[:2] != b"PK" and raw[:1] != b"\x80":
+            raise not_torch from None
         raise UnlearnableError(f"refusing to load {path}: it holds objects other than tensors "
                                "(read with torch.load(weights_only=True))") from None
     except Exception as e:
-        raise UnlearnableError(f"cannot read {path} as a tensor file: {type(e).__name__}: {e}") from None
+        if raw[:2] != b"PK" and raw[:1] != b"\x80":
+            raise not_torch from None
+        raise UnlearnableError(f"cannot read {path} as a tensor file (damaged or truncated?): "
+                               f"{type(e).__name__}: {e}") from None
     if not isinstance(obj, torch.Tensor):
         raise UnlearnableError(f"{path}: expected one tensor of noise, got {type(obj).__name__}")
     if not obj.is_floating_point():

@@ -118,8 +118,8 @@ def match_by_content(poison: np.ndarray, clean: ImageSet, labels: Optional[np.nd
                 index[i], pair_dist[i], taken[j] = j, d, True
                 break
         else:
-            raise UnlearnableError(f"{what}: image {i} and others all match the same {k} clean images; "
-                                   "does it hold repeated images?")
+            raise UnlearnableError(f"{what}: image {i}'s {k} nearest clean images are all taken by closer ones: "
+                                   "it holds repeated images, or images that are not of this clean set")
     far = np.flatnonzero(pair_dist > max_mean_abs)
     if strict and far.size:
         i = int(far[0])
