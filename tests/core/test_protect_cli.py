@@ -398,7 +398,10 @@ def test_kill_then_resume(tmp_path, sig, code):
     subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True)
     out = tmp_path / "out"
     journal = tmp_path / ".out.partial" / "journal.tsv"
-    proc = subprocess.Popen(cmd + ["--out", str(out)], stderr=subprocess.PIPE, text=True)
+    # A job started in the background of a non-interactive shell (CI) inherits SIGINT ignored,
+    # and Python then keeps it ignored: give the child the default, as a terminal would.
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if journal.exists() and journal.stat().st_size > 2000:
