@@ -260,15 +260,19 @@ def _audit_cell(protected_path: str) -> Dict[str, Any]:
     return {"method": p.resolve().name, "budget": "", "method_seed": -1}
 
 
-def _aligned_pair(protected_path: str, clean_path: str, split: str):
-    """Protected and clean sets of one split, the clean one reordered to the protected ids."""
+def _aligned_pair(protected_path: str, clean_path: str, split: str, training: bool = False,
+                  size: Optional[int] = None):
+    """Protected and clean sets of one split, the clean one reordered to the protected ids;
+    with ``training``, both as a victim sees them (:func:`load_for_training`: a folder of photos
+    is read a chunk at a time and kept small, never whole at full size)."""
     from .audit import check_same_classes
-    from .data import load_images
+    from .data import load_for_training, load_images
 
     from .protect import load_protected
 
-    protected = load_protected(protected_path, split=split)
-    clean = load_images(clean_path, split=split)
+    protected = load_protected(protected_path, split=split, training=training, size=size)
+    clean = (load_for_training(clean_path, split=split, size=size) if training
+             else load_images(clean_path, split=split))
     check_same_classes(protected, clean, "protected set", "clean set")
     only_p = sorted(set(protected.ids) - set(clean.ids))
     if only_p:  # the clean set may hold more: a poison matched by content covers part of it
@@ -280,6 +284,46 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str):
             raise UnlearnableError(f"image {protected.ids[i]!r} is {protected.shape_of(i)} protected but "
                                    f"{clean.shape_of(i)} clean")
     return protected, clean
+
+
+def _native_quality(protected_path: str, clean_path: str, split: str) -> Tuple[int, Dict[str, Any]]:
+    """PSNR/SSIM of every protected image against its clean one at their own size, decoding
+    a chunk of pairs at a time (about as much as ``verify`` holds): ``(n, quality_summary)``."""
+    import numpy as np
+
+    from .analysis.quality import psnr, quality_summary, ssim
+    from .data.load import chunk_length, decode_files, index_images
+
+    pidx, cidx = index_images(protected_path, split), index_images(clean_path, split)
+    if pidx is None or cidx is None:  # container files hold small images: loaded whole
+        protected, clean = _aligned_pair(protected_path, clean_path, split)
+        _print(f"protected: {protected.summary()}; clean: {clean.summary()}")
+        return len(protected), quality_summary(psnr(clean.images, protected.images),
+                                               ssim(clean.images, protected.images))
+    from .protect import MANIFEST, read_manifest
+
+    p = Path(protected_path).expanduser()
+    original = ({f["output"]: f["id"] for f in read_manifest(p)["files"]} if (p / MANIFEST).is_file() else {})
+    ids = [original.get(i, i) for i in pidx.ids]
+    where = {i: k for k, i in enumerate(cidx.ids)}
+    only_p = [i for i in ids if i not in where]
+    if only_p:
+        raise UnlearnableError(f"protected ({len(ids)}) and clean ({len(where)}) images do not have the same ids; "
+                               f"e.g. {only_p[0]!r} only in the protected set")
+    _print(f"{len(ids)} protected images against their clean ones at their own sizes")
+    ps, ss, start, step = [], [], 0, 8
+    while start < len(ids):
+        chunk = range(start, min(len(ids), start + step))
+        prot, _ = decode_files([pidx.paths[k] for k in chunk])
+        ref, _ = decode_files([cidx.paths[where[ids[k]]] for k in chunk])
+        for k, a, b in zip(chunk, ref, prot):
+            if a.shape != b.shape:
+                raise UnlearnableError(f"image {ids[k]!r} is {b.shape} protected but {a.shape} clean")
+        ps.append(psnr(list(ref), list(prot)))
+        ss.append(ssim(list(ref), list(prot)))
+        step = chunk_length(sum(a.nbytes for a in ref) * 2 / len(chunk))
+        start = chunk[-1] + 1
+    return len(ids), quality_summary(np.concatenate(ps), np.concatenate(ss))
 
 
 def _stacked_pair(protected, clean, size: Optional[int]):
@@ -308,14 +352,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if dest:
             check_writable(dest)
     check_split(args.clean, args.split)
-    protected, clean = _aligned_pair(args.protected, args.clean, args.split)
-    _print(f"protected: {protected.summary()}; clean: {clean.summary()}")
+    if what == "quality" and not args.size:  # at each image's own size, a chunk of pairs at a time
+        n, rep = _native_quality(args.protected, args.clean, args.split)
+    else:  # at a working size (--size, else the victims'): both sets small in memory
+        protected, clean = _aligned_pair(args.protected, args.clean, args.split, training=True, size=args.size)
+        _print(f"protected: {protected.summary()}; clean: {clean.summary()} (resized as victims see them: "
+               "native up to 64 px, else 32x32; --size N to choose)")
+        n = len(protected)
     out: Dict[str, Any] = {"analysis": what, "protected": str(args.protected), "clean": str(args.clean),
-                           "n_images": len(protected)}
+                           "n_images": n}
     if what == "quality":
-        from .analysis.quality import quality_report
+        if args.size:
+            from .analysis.quality import quality_report
 
-        rep = quality_report(clean.images, protected.images, size=args.size)
+            rep = quality_report(clean.images, protected.images, size=args.size)
         out.update({k: v for k, v in rep.items() if not isinstance(v, np.ndarray)})
         print(f"PSNR mean {rep['psnr_mean']:.2f} dB (min {rep['psnr_min']:.2f}); SSIM mean {rep['ssim_mean']:.4f} "
               f"(min {rep['ssim_min']:.4f}); {rep['n_identical']} images unchanged")

@@ -141,10 +141,10 @@ def test_cli_analyze_mixed_sizes_work_at_one_size(tmp_path, capsys):
     js = tmp_path / "sep.json"
     assert main(["analyze", "separability", str(prot), "--clean", str(src), "--steps", "50", "--device", "cpu",
                  "--json", str(js)]) == 0
-    assert "resized to 32x32" in capsys.readouterr().err
+    assert "12 images, 32x32" in capsys.readouterr().err  # loaded at that size, never whole at their own
     assert json.loads(js.read_text())["train_accuracy"]["perturbation"] == 1.0
     assert main(["analyze", "csd", str(prot), "--clean", str(src), "--size", "12"]) == 0
-    assert "resized to 12x12" in capsys.readouterr().err
+    assert "12 images, 12x12" in capsys.readouterr().err
 
 
 def test_separability_report_flags_few_samples_in_many_dimensions(pairs):
@@ -155,3 +155,25 @@ def test_separability_report_flags_few_samples_in_many_dimensions(pairs):
     tiny = rng.integers(20, 236, (60, 1, 1, 3)).astype(np.uint8)  # 60 samples in 3 dimensions
     rep = separability_report(tiny, tiny, rng.integers(0, 2, 60), steps=20, device="cpu")
     assert rep["trivially_separable"] is False
+
+
+def test_cli_analyze_quality_of_photos_is_read_in_chunks_and_matches_in_memory(tmp_path, capsys, monkeypatch):
+    """PSNR/SSIM at each photo's own size, a chunk of pairs at a time: the numbers of the whole
+    sets in memory, and never all the photos decoded at once."""
+    from unlearnable.analysis.quality import quality_report
+    from unlearnable.data import load_images
+    import unlearnable.data.load as load
+
+    src = random_folder(tmp_path / "in", 6, lambda rng: rng.integers(70, 120, 2), seed=2)
+    prot = protected_folder(src, tmp_path / "prot", "random", capsys)
+    ref = quality_report(load_images(src).images, [load_images(prot).image(i) for i in range(12)])
+    most = []
+    real = load.decode_files
+    monkeypatch.setattr(load, "decode_files", lambda paths, workers=None: (most.append(len(paths)), real(paths))[1])
+    monkeypatch.setattr(load, "CHUNK_BYTES", 40_000)  # a few of these images per chunk
+    monkeypatch.setattr(load, "chunk_length", lambda b, target=40_000, most=4096: max(1, int(target // b)))
+    js = tmp_path / "q.json"
+    assert main(["analyze", "quality", str(prot), "--clean", str(src), "--json", str(js), "--quiet"]) == 0
+    got = json.loads(js.read_text())
+    assert got["n_images"] == 12 and abs(got["psnr_mean"] - ref["psnr_mean"]) < 1e-9
+    assert abs(got["ssim_min"] - ref["ssim_min"]) < 1e-9 and max(most) < 12

@@ -204,8 +204,13 @@ def quality_report(clean: Images, protected: Images, *, size: Optional[int] = No
         if len(clean) != len(protected):
             raise UnlearnableError(f"{len(clean)} clean images but {len(protected)} protected ones")
         clean, protected = _resized(clean, size), _resized(protected, size)
-    p = psnr(clean, protected)
-    s = ssim(clean, protected)
+    return quality_summary(psnr(clean, protected), ssim(clean, protected), size)
+
+
+def quality_summary(p: np.ndarray, s: np.ndarray, size: Optional[int] = None) -> Dict[str, object]:
+    """:func:`quality_report`'s dict from per-image PSNR and SSIM (computed a chunk at a time
+    by a caller that cannot hold a folder of photos in memory)."""
+    p, s = np.asarray(p, np.float64), np.asarray(s, np.float64)
     finite = p[np.isfinite(p)]
     return {
         "psnr": p, "ssim": s,
