@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="checkpoint folder (resume an interrupted benchmark)")
     add_record_args(ap)
     args = ap.parse_args(argv)
+    if args.victim == "none":
+        args.victim = None
 
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)

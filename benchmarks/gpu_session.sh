@@ -16,6 +16,8 @@
 #                           (fetched as defenses.db) and it resumes where that call stopped
 #   grid-screen      420 s  grids/synthetic-screen.yaml: seven methods x three defenses with screen;
 #                           resumes from .data/grids.db like `defenses`
+#   em               580 s  EM sample-wise on 50,000 images, ResNet-18, the paper's loop and with
+#                           recalibrate_bn=true: rounds to the stop test and seconds (target <= 150 s)
 #
 # Needs .data/cifar10-jpeg.tar.gz (and .whl/ with the kornia wheels for UEraser) carried into the
 # call. Everything a step prints is appended to $OUT/R.md by the scripts; this script's own log is
@@ -74,8 +76,12 @@ for name in "$@"; do
       step 420 $PY benchmarks/bench_grid.py benchmarks/grids/synthetic-screen.yaml --data "$DATA" --db .data/grids.db \
         --record --results "$R"
       [ -f .data/grids.db ] && cp .data/grids.db "$OUT/grids.db" ;;
+    em)
+      step 360 $PY benchmarks/bench_baselines.py --data "$DATA" --methods em --victim none --record --results "$R"
+      step 220 $PY benchmarks/bench_baselines.py --data "$DATA" --methods em --set em.recalibrate_bn=true \
+        --victim none --record --results "$R" ;;
     *)
       echo "error: unknown step '$name' (smoke, probe, short, paper-clean, paper-classwise, pil, defenses," \
-        "grid-screen)"; exit 2 ;;
+        "grid-screen, em)"; exit 2 ;;
   esac
 done

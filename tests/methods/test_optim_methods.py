@@ -329,3 +329,24 @@ def test_bench_baselines_cpu_smoke(tmp_path):
 
 def tiny(n=24, size=12, classes=3, seed=0, mixed=False):
     return random_imageset(n, size, classes, seed, mixed)
+
+
+def test_recalibrate_bn_sets_exact_statistics_and_keeps_momentum():
+    from unlearnable.methods.optim import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(5.0)  # stale statistics, as a few SGD steps leave them
+    x = torch.rand(10, 3, 8, 8)
+    recalibrate_bn(model, [x[:5], x[5:]])  # equal batches: the cumulative mean is the exact one
+    with torch.no_grad():
+        feats = model[0](x)
+    assert torch.allclose(model[1].running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+
+
+def test_em_with_recalibrated_bn_keeps_budget_and_determinism():
+    data = random_imageset(16, size=8, classes=2, seed=3)
+    a = small("em", recalibrate_bn=True).protect(data, "8/255", seed=1)
+    b = small("em", recalibrate_bn=True).protect(data, "8/255", seed=1)
+    assert a.norms["linf"]["max"] <= 8 and np.array_equal(a.protected.images, b.protected.images)

@@ -287,6 +287,27 @@ def accuracy(model: torch.nn.Module, batches: Iterable[Tuple[Tensor, Tensor]]) -
 
 
 @torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, batches: Iterable[Tensor]) -> None:
+    """Replace every BatchNorm layer's running statistics by their exact values over
+    ``batches`` (one pass in train mode, cumulative average); the model is left in eval mode.
+
+    Min-min methods run the surrogate in eval mode on statistics that a few SGD steps per
+    round leave behind the weights; with small networks that lag decides the run (EM)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if bns:
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative: every batch weighs the same
+        model.train()
+        for xb in batches:
+            forward(model, xb)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
 def mean_loss(model: torch.nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], loss_fn: LossFn = ce_loss) -> float:
     """Mean per-batch loss over ``(x, y)`` batches (weighted by batch size)."""
     total, seen = 0.0, 0
