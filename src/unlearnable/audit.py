@@ -61,14 +61,16 @@ def check_same_classes(a: ImageSet, b: ImageSet, what_a: str, what_b: str) -> No
         raise UnlearnableError(f"{what_a} and {what_b} have different classes: {a.classes} vs {b.classes}")
 
 
-def check_counterparts(protected: ImageSet, clean: ImageSet) -> None:
+def check_counterparts(protected_ids: Sequence[str], clean_ids: Iterable[str]) -> None:
     """Refuse a clean set that is not the clean version of the protected images (by id): the
-    clean victims would train on other images and the drop would mean nothing."""
-    known = set(clean.ids)
-    missing = [i for i in protected.ids if i not in known]
+    clean victims would train on other images, an analysis would compare unrelated pixels.
+    The clean set may hold more (a poison matched by content covers part of it)."""
+    known = set(clean_ids)
+    missing = [i for i in protected_ids if i not in known]
     if missing:
-        raise UnlearnableError(f"{len(missing)} of the {len(protected)} protected images have no clean counterpart "
-                               f"(first: {missing[0]}); --clean must be the folder (and split) that was protected")
+        raise UnlearnableError(f"{len(missing)} of the {len(protected_ids)} protected images have no clean counterpart "
+                               f"(first: {missing[0]!r}): the two sets do not have the same ids; --clean must be the "
+                               "folder (and split) that was protected")
 
 
 def test_overlap(test: ImageSet, *train: Optional[ImageSet]) -> int:
@@ -104,7 +106,7 @@ def holdout_split(protected: ImageSet, clean: ImageSet, fraction: float = 0.2,
         raise UnlearnableError(f"--holdout must be a fraction between 0 and 1, got {fraction:g}")
     labels = clean.require_labels("holding out a test set")
     check_same_classes(protected, clean, "protected set", "clean set")
-    check_counterparts(protected, clean)
+    check_counterparts(protected.ids, clean.ids)
     rng = np.random.default_rng(seed)
     held = set()
     wanted = set(protected.ids)

@@ -119,7 +119,7 @@ def _test_set(args: argparse.Namespace, protected, clean):
 
     protected, clean, test, note = _pick_test_set(args, protected, clean)
     if clean is not None:
-        check_counterparts(protected, clean)
+        check_counterparts(protected.ids, clean.ids)
     shared = test_overlap(test, clean)
     if shared > len(test) // 2:  # the same folder twice, not a few duplicate photos
         raise UnlearnableError(f"{shared} of the {len(test)} test images are also clean training images; "
@@ -168,11 +168,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         db = ResultsDB(args.db)
         cell = _audit_cell(args.protected)
-        label = [Path(args.clean or args.protected).expanduser().resolve().name]  # + the holdout, once known
+        label = Path(args.clean or args.protected).expanduser().resolve().name  # + the holdout, once known
 
         def keep(record):
             log.add(record)
-            db.add_run(record, dataset=label[0], **cell)
+            db.add_run(record, dataset=label, **cell)
     from .protect import load_protected
 
     # At the victims' input size as they load: a folder of photos never sits in memory at full size.
@@ -188,7 +188,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if db is not None and held:  # named as a grid names a set with a held-out test part
         from .bench.grid import holdout_label
 
-        label[0] = holdout_label(label[0], 0.2 if args.holdout is None else args.holdout)
+        label = holdout_label(label, 0.2 if args.holdout is None else args.holdout)
     _print(f"protected: {protected.summary()}; test: {test.summary()}{held}"
            + (f"; clean: {clean.summary()}" if clean else ""))
     if len(protected) < 500 or len(test) < 200:
@@ -265,7 +265,7 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str, training: bo
     """Protected and clean sets of one split, the clean one reordered to the protected ids;
     with ``training``, both as a victim sees them (:func:`load_for_training`: a folder of photos
     is read a chunk at a time and kept small, never whole at full size)."""
-    from .audit import check_same_classes
+    from .audit import check_counterparts, check_same_classes
     from .data import load_for_training, load_images
 
     from .protect import load_protected
@@ -274,10 +274,7 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str, training: bo
     clean = (load_for_training(clean_path, split=split, size=size) if training
              else load_images(clean_path, split=split))
     check_same_classes(protected, clean, "protected set", "clean set")
-    only_p = sorted(set(protected.ids) - set(clean.ids))
-    if only_p:  # the clean set may hold more: a poison matched by content covers part of it
-        raise UnlearnableError(f"protected ({len(protected)}) and clean ({len(clean)}) images do not have the same ids; "
-                               f"e.g. {only_p[0]!r} only in the protected set")
+    check_counterparts(protected.ids, clean.ids)
     clean = clean.subset(clean.positions(protected.ids))
     for i in range(len(protected)):
         if protected.shape_of(i) != clean.shape_of(i):
@@ -287,12 +284,14 @@ def _aligned_pair(protected_path: str, clean_path: str, split: str, training: bo
 
 
 def _native_quality(protected_path: str, clean_path: str, split: str) -> Tuple[int, Dict[str, Any]]:
-    """PSNR/SSIM of every protected image against its clean one at their own size, decoding
-    a chunk of pairs at a time (about as much as ``verify`` holds): ``(n, quality_summary)``."""
+    """PSNR/SSIM of every protected image against its clean one at their own size, a chunk of
+    pairs at a time (:func:`decode_in_chunks`, as ``verify`` reads): ``(n, quality_summary)``."""
     import numpy as np
 
     from .analysis.quality import psnr, quality_summary, ssim
-    from .data.load import chunk_length, decode_files, index_images
+    from .audit import check_counterparts
+    from .data.load import decode_files, decode_in_chunks, index_images
+    from .protect import original_ids
 
     pidx, cidx = index_images(protected_path, split), index_images(clean_path, split)
     if pidx is None or cidx is None:  # container files hold small images: loaded whole
@@ -300,43 +299,20 @@ def _native_quality(protected_path: str, clean_path: str, split: str) -> Tuple[i
         _print(f"protected: {protected.summary()}; clean: {clean.summary()}")
         return len(protected), quality_summary(psnr(clean.images, protected.images),
                                                ssim(clean.images, protected.images))
-    from .protect import MANIFEST, read_manifest
-
-    p = Path(protected_path).expanduser()
-    original = ({f["output"]: f["id"] for f in read_manifest(p)["files"]} if (p / MANIFEST).is_file() else {})
-    ids = [original.get(i, i) for i in pidx.ids]
+    ids = original_ids(protected_path, pidx.ids)
+    check_counterparts(ids, cidx.ids)
     where = {i: k for k, i in enumerate(cidx.ids)}
-    only_p = [i for i in ids if i not in where]
-    if only_p:
-        raise UnlearnableError(f"protected ({len(ids)}) and clean ({len(where)}) images do not have the same ids; "
-                               f"e.g. {only_p[0]!r} only in the protected set")
     _print(f"{len(ids)} protected images against their clean ones at their own sizes")
-    ps, ss, start, step = [], [], 0, 8
-    while start < len(ids):
-        chunk = range(start, min(len(ids), start + step))
-        prot, _ = decode_files([pidx.paths[k] for k in chunk])
+    ps, ss = [], []
+    for start, prot, _ in decode_in_chunks(pidx.paths):
+        chunk = range(start, start + len(prot))
         ref, _ = decode_files([cidx.paths[where[ids[k]]] for k in chunk])
         for k, a, b in zip(chunk, ref, prot):
             if a.shape != b.shape:
                 raise UnlearnableError(f"image {ids[k]!r} is {b.shape} protected but {a.shape} clean")
         ps.append(psnr(list(ref), list(prot)))
         ss.append(ssim(list(ref), list(prot)))
-        step = chunk_length(sum(a.nbytes for a in ref) * 2 / len(chunk))
-        start = chunk[-1] + 1
     return len(ids), quality_summary(np.concatenate(ps), np.concatenate(ss))
-
-
-def _stacked_pair(protected, clean, size: Optional[int]):
-    """Both sets as NHWC arrays at one size: ``--size``, else audit's rule (native, or 32² for mixed sizes).
-
-    Resizing x' and x alike is linear, so x' − x at that size is the resized perturbation (up to
-    rounding)."""
-    from .audit import training_size
-
-    hw = (size, size) if size else training_size(protected, clean)
-    if not protected.uniform or protected.shape_of(0) != hw:
-        _print(f"images resized to {hw[0]}x{hw[1]} for the analysis")
-    return protected.stacked_at(hw), clean.stacked_at(hw)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -374,7 +350,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from .analysis.separability import perturbations
 
         y = protected.require_labels(what)
-        px, cx = _stacked_pair(protected, clean, args.size)
+        px, cx = protected.stacked(), clean.stacked()  # loaded at one size (load_for_training)
         delta = perturbations(px, cx)
         if what == "separability":
             from .analysis.separability import separability_report

@@ -45,7 +45,7 @@ FORMAT = "unlearnable-protected/1"
 _STAGE = "protected.npz"
 _RUN = "run.json"
 _JOURNAL = "journal.tsv"
-_GENERATION = "generation.json"  # generation seconds and device, kept across a resume
+_GENERATION = "generation.json"  # generation seconds (and device), kept across a resume
 _SPENT = "spent.json"  # seconds an unfinished generation has taken so far, over all invocations
 _WORK = ".work"
 
@@ -228,7 +228,7 @@ class _SpentClock:
     every ``every`` seconds from the method's progress ticks (a kill -9 loses at most that) and
     when the call ends; ``before`` is what earlier invocations spent."""
 
-    def __init__(self, path: Path, inner: Optional[Callable[[int, int], None]], every: float = 10.0):
+    def __init__(self, path: Path, inner: Optional[Callable[[int, int], None]] = None, every: float = 10.0):
         self.path, self.inner, self.every = path, inner, every
         try:
             self.before = float(json.loads(path.read_text())["seconds"]) if path.exists() else 0.0
@@ -242,9 +242,14 @@ class _SpentClock:
         if time.perf_counter() - self.last > self.every:
             self.save()
 
+    @property
+    def seconds(self) -> float:
+        """Every invocation's seconds so far, this one's included."""
+        return self.before + time.perf_counter() - self.t0
+
     def save(self) -> None:
         self.last = time.perf_counter()
-        atomic_write_json(self.path, {"seconds": self.before + self.last - self.t0})
+        atomic_write_json(self.path, {"seconds": self.seconds})
 
 
 def _what_differs(before: Dict[str, Any], now: Dict[str, Any]) -> str:
@@ -455,12 +460,9 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
 
     data = stream.small
     dev = str(resolve_device(job.device))
-    t0 = time.perf_counter()
-    meta_path = part / _GENERATION
-    try:  # the seconds earlier invocations of an interrupted run spent, so the manifest counts them all
-        before = float(json.loads(meta_path.read_text())["seconds"]) if meta_path.exists() else 0.0
-    except (OSError, ValueError, KeyError, TypeError):
-        before = 0.0
+    # The seconds of every invocation, so the manifest counts them all (nothing is staged on
+    # this path: its generation file is the clock's).
+    clock = _SpentClock(part / _GENERATION)
     work = part / _WORK
     work.mkdir(exist_ok=True)
     warning = pseudo_label_warning(method, data)
@@ -488,7 +490,7 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
                 per_image[js[i]] = measured[i]
 
             write_pngs(part, [names[j] for j in js], protected, on_written=record)
-            atomic_write_json(meta_path, {"seconds": before + time.perf_counter() - t0})
+            clock.save()
 
         t1 = time.perf_counter()
         try:
@@ -498,9 +500,9 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
         finally:
             natives.close()
     method.finish_run(fit, time.perf_counter() - t1)
-    gen = {"seconds": before + time.perf_counter() - t0, "device": describe_device(dev)}
+    gen = {"seconds": clock.seconds, "device": describe_device(dev)}
     log(f"protected {len(names)} images with {job.method} in {gen['seconds']:.2f}s on {gen['device']}"
-        + (f" ({before:.2f}s of them before the resume)" if before else ""))
+        + (f" ({clock.before:.2f}s of them before the resume)" if clock.before else ""))
     rows = [per_image[j] for j in range(len(names))]
     warning = faint_warning(budget, data, rows, shape_of=lambda j: stream.shapes[j])
     if warning:
@@ -651,9 +653,8 @@ def load_protected(path: str, split: str = "train", training: bool = False, size
     from .data import load_for_training
 
     data = load_for_training(path, split=split, size=size) if training else load_images(path, split=split)
-    p = Path(path).expanduser()
-    if p.is_dir() and (p / MANIFEST).is_file():
-        manifest = read_manifest(p)
+    manifest = _manifest_of(path)
+    if manifest is not None:
         files = manifest["files"]
         original = {f["output"]: f["id"] for f in files}
         if all(i in original for i in data.ids) and len(data) == len(files):
@@ -670,6 +671,20 @@ def load_protected(path: str, split: str = "train", training: bool = False, size
                 remap = np.array([classes.index(c) for c in data.classes], np.int64)
                 data = replace(data, labels=remap[data.labels], classes=list(classes))
     return data
+
+
+def _manifest_of(path) -> Optional[Dict[str, Any]]:
+    """The manifest of one of our output folders, else None (a file, another tool's folder)."""
+    p = Path(path).expanduser()
+    return read_manifest(p) if p.is_dir() and (p / MANIFEST).is_file() else None
+
+
+def original_ids(path, output_ids: Sequence[str]) -> List[str]:
+    """The input ids of a protected folder's files (``cat/001.png`` → ``cat/001.jpg``), by its
+    manifest; ids as they are for a folder without one."""
+    manifest = _manifest_of(path)
+    original = {f["output"]: f["id"] for f in manifest["files"]} if manifest else {}
+    return [original.get(i, i) for i in output_ids]
 
 
 def read_manifest(out: Path) -> Dict[str, Any]:

@@ -98,13 +98,13 @@ def select(db: ResultsDB, dataset: Optional[str] = None):
     """
     from ..errors import UnlearnableError
 
-    runs, gens = relabel(db.runs(), db.generations())
+    every, gens = relabel(db.runs(), db.generations())
     if dataset is None:
-        return runs, gens
-    runs = [r for r in runs if dataset in (r["dataset"], r["dataset_label"])]
+        return every, gens
+    runs = [r for r in every if dataset in (r["dataset"], r["dataset_label"])]
     gens = [g for g in gens if dataset in (g["dataset"], g["dataset_label"])]
     if not runs:
-        held = list(dict.fromkeys(r["dataset"] for r in relabel(db.runs(), [])[0]))
+        held = list(dict.fromkeys(r["dataset"] for r in every))
         raise UnlearnableError(f"{db.path} has no data set {dataset!r}; "
                                + (f"it holds: {', '.join(held)}" if held else "it holds no runs"))
     return runs, gens
@@ -256,7 +256,7 @@ def report_markdown(db: ResultsDB, dataset: Optional[str] = None) -> str:
     Raises:
         UnlearnableError: ``dataset`` is not one the database holds (see :func:`select`).
     """
-    runs, gens = select(db, dataset) if dataset else relabel(db.runs(), db.generations())
+    runs, gens = select(db, dataset)
     if not runs:
         return "no runs stored\n"
     return markdown_report(runs, gens)
