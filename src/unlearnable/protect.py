@@ -7,8 +7,9 @@ that folder, which ``resume=True`` continues (the protected pixels are checkpoin
 generated, and a journal records each PNG written). ``verify_output`` re-checks hashes and the
 budget against the clean input.
 
-Folders of photos are protected as a stream when the method can (PIL): only their working-size
-copies stay in memory, and each batch is decoded, protected and written before the next
+Folders of photos are protected as a stream when the method can (PIL, and the methods whose δ
+for an image needs only a plan and that image: random-classwise, regions-4, lsp, cuda; see
+:attr:`~unlearnable.methods.base.Method.streams`): only their working-size copies stay in memory, and each batch is decoded, protected and written before the next
 (:func:`_run_streaming`); the bytes are those of the in-memory path.
 """
 
@@ -131,8 +132,9 @@ class ProtectJob:
 
 #: The images, their perturbation and the protected copy are all in memory at once.
 PROTECT_MEMORY = MemoryCheck(3, "protecting them whole", "protect the folder in parts (a few class folders at "
-                                                         "a time, each to its own --out), or with the default method "
-                                                         "pil, which reads photos a batch at a time")
+                                                         "a time, each to its own --out), or with a method that "
+                                                         "reads photos a batch at a time (pil, the default, or "
+                                                         "random-classwise, regions-4, lsp, cuda)")
 
 
 def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
@@ -171,8 +173,7 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
     if stream is not None:
         data = stream.small
         log(f"read {len(data)} images from {data.root} in {time.perf_counter() - t_load:.1f}s: kept at "
-            f"{method.working_size}x{method.working_size} for the surrogate, protected at their own sizes a batch "
-            "at a time")
+            f"{method.working_size}x{method.working_size} in memory, protected at their own sizes a batch at a time")
     else:
         data = load_images(inp, split=job.split, labels=job.labels, progress=progress("load") if progress else None,
                            memory=PROTECT_MEMORY)
@@ -451,8 +452,8 @@ class _Natives:
 
 def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, names: List[str], out: Path,
                    part: Path, progress: ProgressFactory, log: Callable[[str], None]) -> Dict[str, Any]:
-    """Protect a folder too large for memory: the surrogate is fitted on the working-size set,
-    then each batch of images is decoded, attacked at native size, quantised by the shared
+    """Protect a folder too large for memory: the method is fitted on the working-size set (PIL's
+    surrogate, a pattern method's plan), then each batch of images is decoded, perturbed at native size, quantised by the shared
     rule, measured, checked against the budget and written before the next is decoded. The
     journal records every PNG with its measured change, so ``--resume`` skips finished batches.
     Same bytes as the in-memory path (:meth:`Method.protect`)."""
@@ -465,9 +466,9 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
     clock = _SpentClock(part / _GENERATION)
     work = part / _WORK
     work.mkdir(exist_ok=True)
-    warning = pseudo_label_warning(method, data)
-    if warning:
-        log(warning)
+    for warning in (method.resolution_warning(data, stream.shapes), pseudo_label_warning(method, data)):
+        if warning:
+            log(warning)
     fit = method.fit_native(stream.target, stream.shapes, budget, seed=job.seed, device=dev, workdir=str(work))
     journal = part / _JOURNAL
     done, per_image = _read_journal(journal, names, part)
@@ -480,7 +481,7 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
             js = [int(fit.order[p]) for p in idx]
             clean = [natives.pop(p) for p in idx]
             batch = ImageSet(clean, None, [], [data.ids[j] for j in js])
-            protected = method.apply(batch, [np.negative(d) for d in deltas], budget)
+            protected = method.apply(batch, deltas, budget)
             measured = measure_set(clean, protected)
             check_within_budget(method.registry_name, budget, measured)
 

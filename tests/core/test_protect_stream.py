@@ -8,6 +8,8 @@ import pytest
 import unlearnable.protect as protect_mod
 from helpers import random_folder
 from unlearnable.cli import main
+from unlearnable.methods import create_method, list_methods
+from unlearnable.methods.base import PerImageMethod
 from unlearnable.protect import ProtectJob, protect_folder
 
 
@@ -32,27 +34,45 @@ def photos(tmp_path):
 
 
 PARAMS = {"surrogate_epochs": 2, "attack_batch": 4, "steps": 3}
+#: Every method that streams photos, with small hyperparameters; the registry decides which.
+STREAMING = [name for name in list_methods() if create_method(name).streams]
+METHOD_PARAMS = {"pil": PARAMS, "cuda": {"mix": 0.5}}
 
 
-def _protect(src, out, streamed, monkeypatch, **kw):
+def _protect(src, out, streamed, monkeypatch, method="pil", **kw):
     monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0 if streamed else 1 << 30)
+    monkeypatch.setattr(PerImageMethod, "batch_images", 4)  # several batches, as photos would be
     logs = []
-    manifest = protect_folder(ProtectJob(input=str(src), out=str(out), method="pil", params=PARAMS, seed=5,
-                                         device="cpu", **kw), log=logs.append)
+    manifest = protect_folder(ProtectJob(input=str(src), out=str(out), method=method,
+                                         params=METHOD_PARAMS.get(method, {}), seed=5, device="cpu", **kw),
+                              log=logs.append)
     return manifest, logs
 
 
-def test_streamed_protect_equals_the_in_memory_one(photos, tmp_path, monkeypatch):
-    _, logs_a = _protect(photos, tmp_path / "memory", False, monkeypatch)
-    _, logs_b = _protect(photos, tmp_path / "stream", True, monkeypatch)
+def test_the_streaming_methods():
+    # PIL and the per-image methods; the others need the whole set in memory (an optimised
+    # surrogate, per-class statistics of the pixels), and the memory error names these.
+    assert set(STREAMING) == {"pil", "random-classwise", "regions-4", "lsp", "cuda"}
+    assert all(name in protect_mod.PROTECT_MEMORY.advice for name in STREAMING)
+
+
+@pytest.mark.parametrize("method", STREAMING)
+def test_streamed_protect_equals_the_in_memory_one(photos, tmp_path, monkeypatch, method):
+    _, logs_a = _protect(photos, tmp_path / "memory", False, monkeypatch, method)
+    _, logs_b = _protect(photos, tmp_path / "stream", True, monkeypatch, method)
     assert not any("a batch at a time" in m for m in logs_a) and any("a batch at a time" in m for m in logs_b)
     assert _files(tmp_path / "memory") == _files(tmp_path / "stream")
     assert _manifest(tmp_path / "memory") == _manifest(tmp_path / "stream")
+    # The same caveats reach the user on both paths (lsp's about images a trainer resizes).
+    warnings = [m for m in logs_b if m.startswith("warning")]
+    assert [m for m in logs_a if m.startswith("warning")] == warnings
+    assert any("resizes" in m for m in warnings) == (method == "lsp")
     assert main(["verify", str(tmp_path / "stream"), "--clean", str(photos), "--quiet"]) == 0
 
 
-def test_an_interrupted_stream_resumes_to_the_same_bytes(photos, tmp_path, monkeypatch):
-    _protect(photos, tmp_path / "full", True, monkeypatch)
+@pytest.mark.parametrize("method", ["pil", "regions-4"])
+def test_an_interrupted_stream_resumes_to_the_same_bytes(photos, tmp_path, monkeypatch, method):
+    _protect(photos, tmp_path / "full", True, monkeypatch, method)
     calls = []
 
     def interrupt(label):
@@ -63,7 +83,8 @@ def test_an_interrupted_stream_resumes_to_the_same_bytes(photos, tmp_path, monke
         return tick
 
     monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0)
-    job = dict(input=str(photos), out=str(tmp_path / "cut"), method="pil", params=PARAMS, seed=5, device="cpu")
+    job = dict(input=str(photos), out=str(tmp_path / "cut"), method=method, params=METHOD_PARAMS.get(method, {}),
+               seed=5, device="cpu")
     with pytest.raises(Exception, match="interrupted"):
         protect_folder(ProtectJob(**job), progress=interrupt)
     part = tmp_path / ".cut.partial"

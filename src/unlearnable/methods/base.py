@@ -137,17 +137,27 @@ class Method:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------
-    def resolution_warning(self, data: ImageSet) -> Optional[str]:
-        """``mixed_size_caveat`` as a warning, for a set not protected at its own size; else None."""
+    def resolution_warning(self, data: ImageSet, shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Optional[str]:
+        """``mixed_size_caveat`` as a warning, for a set not protected at its own size; else None.
+        ``shapes``: the images' own sizes, for a set held at another (a streamed folder)."""
         caveat = self.mixed_size_caveat
-        if not caveat or not len(data) or at_own_size(data, working_size(data)):
+        if shapes is not None:
+            own = len(set(map(tuple, shapes))) == 1 and working_size_of(shapes) == tuple(shapes[0])
+        else:
+            own = at_own_size(data, working_size(data))
+        if not caveat or not len(data) or own:
             return None
         return f"warning: {self.registry_name} {caveat} (benchmarks/RESULTS.md, 'Resolution policy')"
 
     @property
     def streams(self) -> bool:
         """Whether ``protect`` may feed this method a folder too large for memory a batch at a
-        time (it then provides ``fit_native`` and ``attack_native``, as PIL does)."""
+        time. It then provides ``working_size`` (the side of the copies kept in memory),
+        ``fit_native(small, shapes, budget, seed=, device=, workdir=)`` returning a fit with an
+        ``order``, ``attack_native(fit, images, budget, seed=, device=, progress=, sink=, skip=)``
+        calling ``sink(positions, deltas)`` with each finished batch's additive δ (the
+        :meth:`apply` convention), and ``finish_run(fit, seconds)``: as PIL and every
+        :class:`PerImageMethod` do."""
         return False
 
     def hyperparameters(self) -> Dict[str, Any]:
@@ -205,6 +215,117 @@ class Method:
             device=describe_device(dev), seconds=seconds, per_image=per_image, pseudo_labels=plan)
         check_within_budget(self.registry_name, b, per_image)
         return result
+
+
+@dataclass
+class PerImagePlan:
+    """What a :class:`PerImageMethod` decided for a set before reading any native pixel.
+
+    Attributes:
+        order: position ``p`` of the pass holds input image ``order[p]`` (the input order here).
+        shapes: each image's own ``(H, W)``, input order.
+        state: the method's plan (class patterns, each image's point, ...).
+        seconds: wall time of the planning.
+    """
+
+    order: np.ndarray
+    shapes: List[Tuple[int, int]]
+    state: Any
+    seconds: float
+
+
+class PerImageMethod(Method):
+    """A method whose δ for an image follows from a plan made from the set's labels, ids and
+    sizes alone (class patterns, each image's point, which images a mix picks) and from that
+    image's own pixels: :meth:`plan`, then :meth:`deltas_for` on any batch of images.
+
+    Such a method streams a folder of photos (:attr:`Method.streams`): ``protect`` plans from
+    the labels, ids and sizes, then decodes, perturbs and writes one batch at a time. In memory
+    :meth:`perturb` runs the very same two steps, so both give the same bytes.
+    """
+
+    #: Side of the copies a streamed folder keeps in memory (the plan reads none of their pixels).
+    working_size: ClassVar[int] = 32
+    #: Images per :meth:`deltas_for` call on images of several sizes (fewer when they are large:
+    #: :func:`~unlearnable.methods.resolution.size_batches`).
+    batch_images: ClassVar[int] = 64
+    #: Images per :meth:`deltas_for` call on a stacked set.
+    stacked_chunk: ClassVar[int] = 4096
+
+    # -- to implement --------------------------------------------------------------------
+    def plan(self, data: ImageSet, shapes: Sequence[Tuple[int, int]], budget: Budget, *, seed: int,
+             device: str) -> Any:
+        """The method's decisions for ``data`` (read its labels, ids and class count, never its
+        pixels: a streamed folder is held at ``working_size``) whose images have ``shapes``."""
+        raise NotImplementedError
+
+    def deltas_for(self, state: Any, images: Images, idx: np.ndarray, budget: Budget, *, device: str) -> Deltas:
+        """δ for ``images`` (a stacked ``(B, H, W, C)`` array or a list), the set's images
+        ``idx``: stacked for a stacked batch, else a list."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------
+    @property
+    def streams(self) -> bool:
+        return True
+
+    def fit_native(self, small: ImageSet, shapes: Sequence[Tuple[int, int]], budget: Budget, *, seed: int,
+                   device: str, workdir: Optional[str] = None) -> PerImagePlan:
+        """Part one of a streamed folder: the plan, from ``small`` (the set at ``working_size``,
+        with the labels and ids of the full set) and each image's own ``shapes``."""
+        t0 = time.perf_counter()
+        state = self.plan(small, list(shapes), budget, seed=seed, device=device)
+        return PerImagePlan(np.arange(len(small)), [tuple(s) for s in shapes], state, time.perf_counter() - t0)
+
+    def attack_native(self, fit: PerImagePlan, images: Sequence[np.ndarray], budget: Budget, *, seed: int,
+                      device: str, progress: Progress = None, sink=None, skip=None) -> None:
+        """Part two: δ for each batch of ``images`` (input order; a sequence may decode each
+        image on access), handed to ``sink(positions, deltas)``; batches ``skip`` is true for
+        are not computed (a resumed stream)."""
+        from .resolution import batch_pass, size_batches
+
+        for _, idx in batch_pass(size_batches(fit.shapes, self.batch_images), images, skip, progress):
+            sink(idx, list(self.deltas_for(fit.state, [images[p] for p in idx], np.asarray(idx), budget,
+                                           device=device)))
+
+    def finish_run(self, fit: PerImagePlan, seconds: float) -> None:
+        """Record the run in ``last_run``."""
+        self.last_run = {"plan_seconds": fit.seconds, "perturb_seconds": seconds}
+
+    def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
+                workdir: Optional[str] = None, progress: Progress = None) -> Deltas:
+        t0 = time.perf_counter()
+        fit = self.fit_native(data, sample_shapes(data), budget, seed=seed, device=device)
+        n = len(data)
+        if isinstance(data.images, np.ndarray):  # one size: vectorised chunks, filled in place
+            out: Any = None
+            for s in range(0, n, self.stacked_chunk):
+                d = np.asarray(self.deltas_for(fit.state, data.images[s:s + self.stacked_chunk],
+                                               np.arange(s, min(n, s + self.stacked_chunk)), budget, device=device))
+                if out is None:
+                    out = np.empty((n,) + d.shape[1:], d.dtype)
+                out[s:s + len(d)] = d
+                if progress:
+                    progress(s + len(d), n)
+        else:
+            out = [None] * n
+
+            def keep(idx: List[int], deltas: List[np.ndarray]) -> None:
+                for i, d in zip(idx, deltas):
+                    out[i] = d
+
+            self.attack_native(fit, data.images, budget, seed=seed, device=device, progress=progress, sink=keep)
+        self.finish_run(fit, time.perf_counter() - t0 - fit.seconds)
+        return out
+
+
+def class_patterns_at(images: Images, labels: np.ndarray, patterns: np.ndarray, mode: str = "nearest") -> Deltas:
+    """Each image its class's pattern, resized to the image's own size: stacked for a stacked
+    batch (each pattern resized once), else a list."""
+    if isinstance(images, np.ndarray):
+        fitted = np.stack([resize_delta(p, images.shape[1:3], mode) for p in patterns]).astype(np.float32)
+        return fitted[labels]
+    return [resize_delta(patterns[y], im.shape[:2], mode).astype(np.float32) for im, y in zip(images, labels)]
 
 
 def apply_rule(data: ImageSet, deltas: Deltas, rule: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -332,12 +453,9 @@ def working_size_of(shapes: Sequence[Tuple[int, int]], default: int = 32, max_na
 
 def per_class_patterns_to_images(data: ImageSet, patterns: np.ndarray, mode: str = "nearest") -> Deltas:
     """Give every image its class's pattern, resized to the image's own size."""
-    labels = data.require_labels("a class-wise perturbation")
-    if isinstance(data.images, np.ndarray):
-        fitted = np.stack([resize_delta(p, data.shape_of(0), mode) for p in patterns]).astype(np.float32)
-        return fitted[labels]
-    return [resize_delta(patterns[y], data.shape_of(i), mode).astype(np.float32) for i, y in enumerate(labels)]
+    return class_patterns_at(data.images, data.require_labels("a class-wise perturbation"), patterns, mode)
 
 
-def sample_shapes(data: ImageSet) -> Sequence[Tuple[int, int]]:
+def sample_shapes(data: ImageSet) -> List[Tuple[int, int]]:
+    """Each image's ``(H, W)``, input order."""
     return [data.shape_of(i) for i in range(len(data))]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -40,7 +39,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet, Images
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, rng_for
+from .base import Deltas, PerImageMethod, rng_for
 
 
 def cuda_filters(num_classes: int, seed: int, k: int = 3, p_b: float = 0.3) -> np.ndarray:
@@ -77,7 +76,7 @@ def _id_word(id_: str) -> int:
 
 @register_method("cuda")
 @dataclass
-class CUDA(Method):
+class CUDA(PerImageMethod):
     """Class-wise random blur: every image of class c convolved with filter c, then max-normalised.
 
     Sadasivan et al., "CUDA: Convolution-based Unlearnable Datasets", CVPR 2023. Unbounded
@@ -102,37 +101,35 @@ class CUDA(Method):
             raise UnlearnableError(f"cuda is a blur with no ℓp bound; give no budget (or 'none'), not {b.spec!r}")
         return b
 
-    def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
-                workdir: Optional[str] = None, progress: Progress = None) -> Deltas:
+    def plan(self, data: ImageSet, shapes, budget: Budget, *, seed: int, device: str):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise UnlearnableError(f"cuda: kernel_size must be odd, got {self.kernel_size}")
         if not 0.0 <= self.mix <= 1.0:
             raise UnlearnableError(f"cuda: mix must be in [0, 1], got {self.mix}")
-        labels = data.require_labels("cuda")
-        filters = cuda_filters(data.num_classes, seed, self.kernel_size, self.blur_parameter)
         if self.mix < 1.0:
             chosen = np.array([rng_for(seed, "cuda-mix", _id_word(i)).random() < self.mix for i in data.ids])
         else:
             chosen = np.ones(len(data), bool)
-        if isinstance(data.images, np.ndarray):
-            x = data.images
-            out = np.zeros(x.shape, np.float32)
-            for c in range(data.num_classes):
-                idx = np.flatnonzero((labels == c) & chosen)
-                for s in range(0, len(idx), 1024):
-                    part = idx[s:s + 1024]
-                    xf = x[part].astype(np.float64) / 255.0
-                    out[part] = blur(xf, filters[c]) - xf
-                if progress:
-                    progress(c + 1, data.num_classes)
+        return {"filters": cuda_filters(data.num_classes, seed, self.kernel_size, self.blur_parameter),
+                "labels": data.require_labels("cuda"), "chosen": chosen}
+
+    def deltas_for(self, state, images: Images, idx: np.ndarray, budget: Budget, *, device: str) -> Deltas:
+        labels, chosen, filters = state["labels"][idx], state["chosen"][idx], state["filters"]
+        if isinstance(images, np.ndarray):  # one class's images of the batch at a time
+            out = np.zeros(images.shape, np.float32)
+            for c in np.unique(labels[chosen]):
+                part = np.flatnonzero((labels == c) & chosen)
+                for s in range(0, len(part), 1024):
+                    xf = images[part[s:s + 1024]].astype(np.float64) / 255.0
+                    out[part[s:s + 1024]] = blur(xf, filters[c]) - xf
             return out
         deltas = []
-        for i, im in enumerate(data.images):
-            if not chosen[i]:
+        for im, y, pick in zip(images, labels, chosen):
+            if not pick:
                 deltas.append(np.zeros(im.shape, np.float32))
                 continue
             xf = im.astype(np.float64)[None] / 255.0
-            deltas.append((blur(xf, filters[labels[i]]) - xf)[0].astype(np.float32))
+            deltas.append((blur(xf, filters[y]) - xf)[0].astype(np.float32))
         return deltas
 
     def apply(self, data: ImageSet, deltas: Deltas, budget: Budget, x_chunk: int = 4096) -> Images:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -50,7 +49,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet, Images
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, resize_delta
+from .base import Deltas, PerImageMethod, resize_delta
 
 #: √(32·32·3) · 6/255: the ℓ2 ball matching ℓ∞ = 6/255 at 32 px (the official ``--eps 6``).
 LSP_EPS = math.sqrt(3072) * 6 / 255
@@ -69,7 +68,7 @@ def _scale_to(delta: np.ndarray, eps: float) -> np.ndarray:
 
 @register_method("lsp")
 @dataclass
-class LSP(Method):
+class LSP(PerImageMethod):
     """LSP / synthetic noise: per-class Gaussian clusters upsampled to patches, ℓ2-bounded.
 
     Yu et al., "Availability Attacks Create Shortcuts", KDD 2022. Bounded in ℓ2
@@ -119,13 +118,12 @@ class LSP(Method):
                 out[idx] = x[y == c][:len(idx)].reshape(-1, g, g, 3)
         return out
 
-    def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
-                workdir: Optional[str] = None, progress: Progress = None) -> Deltas:
-        pts = self.points(data, seed)
-        if isinstance(data.images, np.ndarray):
-            size = data.shape_of(0)
-            return np.stack([_scale_to(resize_delta(p, size, "nearest"), budget.eps) for p in pts])
-        return [_scale_to(resize_delta(p, data.shape_of(i), "nearest"), budget.eps) for i, p in enumerate(pts)]
+    def plan(self, data: ImageSet, shapes, budget: Budget, *, seed: int, device: str) -> np.ndarray:
+        return self.points(data, seed)
+
+    def deltas_for(self, pts: np.ndarray, images: Images, idx: np.ndarray, budget: Budget, *, device: str) -> Deltas:
+        d = [_scale_to(resize_delta(pts[i], im.shape[:2], "nearest"), budget.eps) for i, im in zip(idx, images)]
+        return np.stack(d) if isinstance(images, np.ndarray) else d
 
     def apply(self, data: ImageSet, deltas: Deltas, budget: Budget, x_chunk: int = 4096) -> Images:
         if not self.faithful:

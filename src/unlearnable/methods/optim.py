@@ -135,7 +135,9 @@ class Problem:
         p = patterns.detach().float().permute(0, 2, 3, 1).cpu().numpy()
         if not self.through:
             return per_class_patterns_to_images(self.data, p, "bilinear")
-        return patterns_through_resize(self.data, p, eps, device=self.device)
+        labels = self.data.require_labels("a class-wise perturbation")
+        return as_deltas(self.data, patterns_through_resize(
+            [self.data.image(i) for i in range(len(self.data))], labels, p, eps, device=self.device))
 
     def fingerprint(self) -> str:
         """Hash of pixels and labels (canonical order): part of the checkpoint signature."""

@@ -58,7 +58,7 @@ from ..errors import UnlearnableError
 from . import register_method
 from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native, grey_levels
 from .base import working_size as _working_size
-from .resolution import RESIZE_MODES, PaddedResize, size_batches
+from .resolution import RESIZE_MODES, PaddedResize, batch_pass, size_batches
 
 __all__ = ["PIL", "fit_surrogate", "pil_attack", "surrogate_accuracy", "SURROGATE_FITS"]
 
@@ -238,8 +238,9 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             bytes as an uninterrupted one.
         shapes: the images' ``(H, W)``, when ``images`` decodes on access (a folder streamed
             from disk): the batches are planned without touching the pixels.
-        sink: called with each finished batch's indices and δs instead of keeping them, so a
-            pass over photos that do not fit in memory holds one batch at a time.
+        sink: called with each finished batch's indices and additive δs (``−δ``, the convention of
+            :meth:`~unlearnable.methods.base.Method.apply`) instead of keeping them, so a pass
+            over photos that do not fit in memory holds one batch at a time.
         skip: with ``sink``, a batch for whose indices ``skip`` is true is not attacked (its
             results are already written: a resumed stream).
 
@@ -255,33 +256,16 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
     eye = torch.eye(k, device=m.device)
     cache: Dict[tuple, Any] = {}
     out: list = [None] * n if sink is None else []
-    done = 0
-    if progress is not None:
-        progress(0, n)
     plan = size_batches(list(shapes) if shapes is not None else [im.shape[:2] for im in images], batch_size)
-    skipped = [skip is not None and skip(idx) for idx in plan]
-    pending = [k for k, s in enumerate(skipped) if not s]
-    after = dict(zip(pending, pending[1:]))  # the next batch to attack after each one
-    prefetch = getattr(images, "prefetch", None)  # a sequence that decodes from disk can start the next batch
-    for k, idx in enumerate(plan):
+    for k, idx in batch_pass(plan, images, skip, progress):
         B = len(idx)
-        if prefetch is not None and k in after:
-            prefetch(plan[after[k]])
-        if skipped[k]:
-            done += B
-            if progress is not None:
-                progress(done, n)
-            continue
         saved = store.load(f"batch{k:06d}") if store is not None else None
         if saved is not None and len(saved) == B:
             if sink is None:
                 for j, i in enumerate(idx):
                     out[i] = saved[j]
             else:
-                sink(idx, list(saved))
-            done += B
-            if progress is not None:
-                progress(done, n)
+                sink(idx, [np.negative(d) for d in saved])
             continue
         b = PaddedResize([images[i] for i in idx], (h, w), device, cache)
         lo, hi = b.bounds(eps, sign=-1)  # x − δ ∈ [0, 1] and |δ| ≤ ε
@@ -306,10 +290,7 @@ def pil_attack_native(images, y, m, eps: float, hw, *, lam: float = 0.9, steps: 
             for j, i in enumerate(idx):
                 out[i] = result[j]
         else:
-            sink(idx, result)
-        done += B
-        if progress is not None:
-            progress(done, n)
+            sink(idx, [np.negative(d) for d in result])  # the additive δ of Method.apply
     return out
 
 

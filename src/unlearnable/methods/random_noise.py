@@ -16,7 +16,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, at_own_size, per_class_patterns_to_images, rng_for, working_size
+from .base import Deltas, Images, Method, PerImageMethod, Progress, class_patterns_at, rng_for, working_size_of
 from .resolution import patterns_through_resize
 
 _DISTS = ("sign", "uniform")
@@ -60,7 +60,7 @@ class RandomNoise(Method):
 
 @register_method("random-classwise")
 @dataclass
-class RandomClasswiseNoise(Method):
+class RandomClasswiseNoise(PerImageMethod):
     """Class-wise random noise: one fixed ±ε or uniform pattern per class, added to all its images.
 
     Reference: the class-wise random-noise control of Huang et al., ICLR 2021. Patterns are
@@ -80,15 +80,19 @@ class RandomClasswiseNoise(Method):
     resize: str = "through"
     paper = "Huang et al., Unlearnable Examples, ICLR 2021 (class-wise random-noise control)"
 
-    def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
-                workdir: Optional[str] = None, progress: Progress = None) -> Deltas:
+    def plan(self, data: ImageSet, shapes, budget: Budget, *, seed: int, device: str):
         _check_dist(self.dist)
-        h, w = working_size(data, self.pattern_size)
-        rng = rng_for(seed, "random-classwise")
-        patterns = _draw(rng, (data.num_classes, h, w, 3), budget.eps, self.dist)
-        if at_own_size(data, (h, w)) or self.resize == "nearest":
-            return per_class_patterns_to_images(data, patterns, "nearest")
-        return patterns_through_resize(data, patterns, budget.eps, device=device)
+        hw = working_size_of(shapes, self.pattern_size)
+        patterns = _draw(rng_for(seed, "random-classwise"), (data.num_classes,) + tuple(hw) + (3,), budget.eps, self.dist)
+        own = len(set(map(tuple, shapes))) == 1 and tuple(shapes[0]) == hw
+        return {"patterns": patterns, "labels": data.require_labels("a class-wise perturbation"),
+                "through": self.resize == "through" and not own}
+
+    def deltas_for(self, state, images: Images, idx: np.ndarray, budget: Budget, *, device: str) -> Deltas:
+        labels = state["labels"][idx]
+        if state["through"]:
+            return patterns_through_resize(images, labels, state["patterns"], budget.eps, device=device)
+        return class_patterns_at(images, labels, state["patterns"], "nearest")
 
     @property
     def mixed_size_caveat(self) -> str:  # type: ignore[override]

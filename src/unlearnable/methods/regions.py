@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, per_class_patterns_to_images, rng_for
+from .base import Deltas, Images, PerImageMethod, class_patterns_at, rng_for
 
 
 def regions_patterns(num_classes: int, k: int, eps: float, rng: np.random.Generator) -> np.ndarray:
@@ -30,7 +29,7 @@ def regions_patterns(num_classes: int, k: int, eps: float, rng: np.random.Genera
 
 @register_method("regions-4")
 @dataclass
-class Regions(Method):
+class Regions(PerImageMethod):
     """Regions-k (class-wise): per class, k random ±ε RGB colours, each filling one grid block.
 
     Blocks are defined relative to each image's size (a √k × √k grid), so the same pattern
@@ -43,10 +42,12 @@ class Regions(Method):
     k: int = 4
     paper = "Sandoval-Segura et al., Autoregressive Perturbations for Data Poisoning, NeurIPS 2022 (Regions-k)"
 
-    def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,
-                workdir: Optional[str] = None, progress: Progress = None) -> Deltas:
+    def plan(self, data: ImageSet, shapes, budget: Budget, *, seed: int, device: str):
         if self.k < 1 or math.isqrt(self.k) ** 2 != self.k:
             raise UnlearnableError(f"regions: k must be a perfect square (1, 4, 9, ...), got {self.k}")
-        patterns = regions_patterns(data.num_classes, self.k, budget.eps, rng_for(seed, "regions", self.k))
+        return {"patterns": regions_patterns(data.num_classes, self.k, budget.eps, rng_for(seed, "regions", self.k)),
+                "labels": data.require_labels("a class-wise perturbation")}
+
+    def deltas_for(self, state, images: Images, idx: np.ndarray, budget: Budget, *, device: str) -> Deltas:
         # Nearest-neighbour resizing of a g×g grid gives equal blocks at every image size.
-        return per_class_patterns_to_images(data, patterns, "nearest")
+        return class_patterns_at(images, state["labels"][idx], state["patterns"], "nearest")

@@ -25,16 +25,15 @@ zero-padded to the batch's largest size, where its resize matrices are zero and 
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.imageset import ImageSet
-from .base import Deltas, as_deltas, grey_levels
+from .base import grey_levels
 
-__all__ = ["resize_matrix", "size_batches", "PaddedResize", "patterns_through_resize", "RESIZE_MODES",
+__all__ = ["resize_matrix", "size_batches", "batch_pass", "PaddedResize", "patterns_through_resize", "RESIZE_MODES",
            "NATIVE_PIXELS"]
 
 #: How a working-size δ reaches native size (see the module docstring).
@@ -137,8 +136,8 @@ class PaddedResize:
 
 
 @torch.no_grad()
-def patterns_through_resize(data: ImageSet, patterns: np.ndarray, eps: float, *, batch_size: int = 512,
-                            device="cpu") -> Deltas:
+def patterns_through_resize(images: Sequence[np.ndarray], labels: np.ndarray, patterns: np.ndarray, eps: float, *,
+                            batch_size: int = 512, device="cpu") -> List[np.ndarray]:
     """Class patterns made on each image's own pixels: ``δ_i = argmax ⟨R(δ), P_{y_i}⟩`` over the
     box ``max(−ε, −x) ≤ δ ≤ min(ε, 1 − x)``, i.e. ``ε·sign(Rᵀ P_{y_i})`` clipped to the image range.
 
@@ -150,19 +149,19 @@ def patterns_through_resize(data: ImageSet, patterns: np.ndarray, eps: float, *,
     24.15 % against 61.05 %).
 
     Args:
-        data: the labelled set, at its native sizes.
+        images: uint8 HWC images at their own sizes.
+        labels: each image's class.
         patterns: ``(K, h, w, 3)`` float class patterns at the working size.
         eps: ℓ∞ radius in [0, 1] units.
-        batch_size, device: batching (by similar sizes) and where to compute.
+        batch_size, device: batching (by similar sizes) and where to compute. Each image's δ
+            depends on its own pixels and class alone, whatever batch it shares.
 
     Returns:
-        One δ per image, input order (:func:`~unlearnable.methods.base.as_deltas`), in whole grey
-        levels (:func:`~unlearnable.methods.base.grey_levels`).
+        One δ per image, in order, in whole grey levels (:func:`~unlearnable.methods.base.grey_levels`).
     """
-    labels = data.require_labels("a class-wise perturbation")
-    images = [data.image(i) for i in range(len(data))]
     h, w = patterns.shape[1:3]
     p = torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32)).permute(0, 3, 1, 2).to(device)
+    labels = np.asarray(labels)
     out: List[Optional[np.ndarray]] = [None] * len(images)
     cache: Dict[Tuple[int, int], torch.Tensor] = {}
     for idx in size_batches([im.shape[:2] for im in images], batch_size):
@@ -171,4 +170,28 @@ def patterns_through_resize(data: ImageSet, patterns: np.ndarray, eps: float, *,
         d = torch.minimum(torch.maximum(b.up(p[torch.as_tensor(labels[idx], device=device)]).sign_().mul_(eps), lo), hi)
         for j, i in enumerate(idx):
             out[i] = grey_levels(b.crop(d, j))  # ±ε clipped to the image: on the grey-level grid
-    return as_deltas(data, out)  # type: ignore[arg-type]
+    return out  # type: ignore[return-value]
+
+
+def batch_pass(plan: List[List[int]], images: Any, skip: Optional[Callable[[List[int]], bool]] = None,
+               progress: Optional[Callable[[int, int], None]] = None) -> Iterator[Tuple[int, List[int]]]:
+    """``(k, plan[k])`` for the batches to compute, in order, in a pass over ``images``: batches ``skip``
+    is true for are left out (a resumed stream: their results are written), progress is reported
+    after each batch (skipped ones included), and a sequence that decodes from disk (a
+    ``prefetch`` method) starts decoding the next batch to compute while this one is."""
+    n = sum(len(b) for b in plan)
+    skipped = [skip is not None and skip(idx) for idx in plan]
+    pending = [k for k, s in enumerate(skipped) if not s]
+    after = dict(zip(pending, pending[1:]))
+    prefetch = getattr(images, "prefetch", None)
+    done = 0
+    if progress is not None:
+        progress(0, n)
+    for k, idx in enumerate(plan):
+        if prefetch is not None and k in after:
+            prefetch(plan[after[k]])
+        if not skipped[k]:
+            yield k, idx
+        done += len(idx)
+        if progress is not None:
+            progress(done, n)
