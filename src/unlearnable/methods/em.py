@@ -64,6 +64,7 @@ class _EMBase(OptimMethod):
     faithful: bool = False
     working_size: int = 32
     checkpoint_every_s: float = 300.0
+    recalibrate_bn: bool = False
 
     def apply(self, data: ImageSet, deltas: Deltas, budget: Budget, x_chunk: int = 4096) -> Images:
         if not self.faithful:
@@ -129,7 +130,6 @@ class EM(_EMBase):
     pgd_steps: int = 20
     max_rounds: int = 30
     random_start: bool = False
-    recalibrate_bn: bool = False
 
     paper = "Huang, Ma, Erfani, Bailey, Wang, Unlearnable Examples: Making Personal Data Unexploitable, ICLR 2021"
     smoke_kwargs = dict(surrogate="small-cnn", train_steps=2, pgd_steps=2, batch_size=16, max_rounds=2)
@@ -210,7 +210,8 @@ class EMClasswise(_EMBase):
     error on the subset (with the class patterns) is below ``stop_error``, or at ``max_rounds``.
 
     Args: as :class:`EM`, plus ``subset_fraction`` (0.2: the 10k-image subset on CIFAR-10), and
-    ``pgd_steps`` defaults to 1. On mixed or large images the patterns are optimised at
+    ``pgd_steps`` defaults to 1. ``recalibrate_bn`` (ours, off) recomputes the surrogate's
+    BatchNorm statistics on the subset with its patterns before each δ-phase. On mixed or large images the patterns are optimised at
     ``working_size``²; ``resize="through"`` (default) gives each image the ±ε δ whose resize
     correlates most with its class's pattern, ``bilinear`` upsamples the pattern.
     """
@@ -265,6 +266,8 @@ class EMClasswise(_EMBase):
                     sur.train_step(with_patterns(idx), prob.y[idx])
                 s["theta_done"] = True
                 s["perm"] = subset[torch.randperm(m, device=dev, generator=g)]
+            if self.recalibrate_bn and s["sweep"] == 0:
+                recalibrate_bn(sur.model, (with_patterns(subset[i:i + bs_sub]) for i in range(0, m, bs_sub)))
             sur.model.eval()
             while s["sweep"] < nb:
                 idx = s["perm"][s["sweep"] * bs_sub:(s["sweep"] + 1) * bs_sub]
