@@ -386,13 +386,13 @@ def _load_small(index: FolderIndex, method, seed: int, progress: ProgressFactory
     and the bytes are those of the in-memory path.
     """
     from .data.pseudo import FEATURE_SIDE, pseudo_labels
-    from .methods.base import working_size_of
+    from .methods.base import worked_at_own_size
 
     side = int(method.working_size)
     sides = [side] + ([FEATURE_SIDE] if not index.labelled and method.needs_labels else [])
     kept, shapes, digests = read_views(index.paths, [lambda im, s=s: resize_image(im, (s, s)) for s in sides],
                                        progress("load") if progress else None)
-    if len(set(shapes)) == 1 and working_size_of(shapes, side) == shapes[0]:
+    if worked_at_own_size(shapes, side):
         return None
     data = index.imageset(np.stack(kept[0]), digests)
     plan = pseudo_label_plan(method, data)

@@ -141,10 +141,7 @@ class Method:
         """``mixed_size_caveat`` as a warning, for a set not protected at its own size; else None.
         ``shapes``: the images' own sizes, for a set held at another (a streamed folder)."""
         caveat = self.mixed_size_caveat
-        if shapes is not None:
-            own = len(set(map(tuple, shapes))) == 1 and working_size_of(shapes) == tuple(shapes[0])
-        else:
-            own = at_own_size(data, working_size(data))
+        own = worked_at_own_size(shapes) if shapes is not None else at_own_size(data, working_size(data))
         if not caveat or not len(data) or own:
             return None
         return f"warning: {self.registry_name} {caveat} (benchmarks/RESULTS.md, 'Resolution policy')"
@@ -442,6 +439,13 @@ def working_size(data: ImageSet, default: int = 32, max_native: int = 64) -> Tup
     if len(data) and data.uniform:
         return working_size_of([data.shape_of(0)], default, max_native)
     return (default, default)
+
+
+def worked_at_own_size(shapes: Sequence[Tuple[int, int]], default: int = 32) -> bool:
+    """Whether images of these ``(H, W)`` are worked at their own size (:func:`working_size_of`):
+    one size, small enough; else their δ is made at another and brought to theirs."""
+    return bool(len(shapes)) and len({tuple(s) for s in shapes}) == 1 and \
+        working_size_of(shapes, default) == tuple(shapes[0])
 
 
 def working_size_of(shapes: Sequence[Tuple[int, int]], default: int = 32, max_native: int = 64) -> Tuple[int, int]:

@@ -16,7 +16,8 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Images, Method, PerImageMethod, Progress, class_patterns_at, rng_for, working_size_of
+from .base import (Deltas, Images, Method, PerImageMethod, Progress, class_patterns_at, rng_for, worked_at_own_size,
+                   working_size_of)
 from .resolution import patterns_through_resize
 
 _DISTS = ("sign", "uniform")
@@ -84,9 +85,8 @@ class RandomClasswiseNoise(PerImageMethod):
         _check_dist(self.dist)
         hw = working_size_of(shapes, self.pattern_size)
         patterns = _draw(rng_for(seed, "random-classwise"), (data.num_classes,) + tuple(hw) + (3,), budget.eps, self.dist)
-        own = len(set(map(tuple, shapes))) == 1 and tuple(shapes[0]) == hw
         return {"patterns": patterns, "labels": data.require_labels("a class-wise perturbation"),
-                "through": self.resize == "through" and not own}
+                "through": self.resize == "through" and not worked_at_own_size(shapes, self.pattern_size)}
 
     def deltas_for(self, state, images: Images, idx: np.ndarray, budget: Budget, *, device: str) -> Deltas:
         labels = state["labels"][idx]
