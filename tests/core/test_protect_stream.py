@@ -115,13 +115,14 @@ def test_what_does_not_stream(tmp_path, monkeypatch):
     assert not (tmp_path / "o3").exists() and not (tmp_path / ".o3.partial").exists()
 
 
-def test_an_unlabelled_stream_clusters_as_the_in_memory_path(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["pil", "regions-4"])
+def test_an_unlabelled_stream_clusters_as_the_in_memory_path(tmp_path, monkeypatch, method):
     flat = tmp_path / "flat"
     flat.mkdir()
     for p in random_folder(tmp_path / "f", 8, _mixed, classes=("a", "b", "c")).rglob("*.png"):
         p.rename(flat / f"{p.parent.name}-{p.name}")
-    ma, logs_a = _protect(flat, tmp_path / "memory", False, monkeypatch)
-    mb, logs_b = _protect(flat, tmp_path / "stream", True, monkeypatch)
+    ma, logs_a = _protect(flat, tmp_path / "memory", False, monkeypatch, method)
+    mb, logs_b = _protect(flat, tmp_path / "stream", True, monkeypatch, method)
     assert any("a batch at a time" in m for m in logs_b) and any("pseudo" in m or "cluster" in m for m in logs_b)
     assert ma["pseudo_labels"] and ma["pseudo_labels"] == mb["pseudo_labels"]
     assert _files(tmp_path / "memory") == _files(tmp_path / "stream")
