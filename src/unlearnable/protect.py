@@ -35,7 +35,7 @@ from .data.load import (FolderIndex, MemoryCheck, chunk_length, decode_files, in
                         read_views)
 from .data.imageset import ImageSet, resize_image
 from .data.save import (atomic_write, atomic_write_json, check_npz_destination, check_output_folder, export_npz,
-                        move_into_place, output_names, write_pngs)
+                        move_into_place, output_names, sha256_file, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
 from .errors import Interrupted, UnlearnableError, VerificationError
 from .methods import create_method
@@ -217,10 +217,20 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
             return _run_streaming(job, method, budget, stream, names, out, part, progress, log)
         return _run_in_partial(job, method, budget, data, names, inp, out, part, run_info, npz_path, progress, log)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {part} kept: rerun with --resume to continue") from None
-    except BaseException:
-        if created_here and not (part / _STAGE).exists() and not (part / _JOURNAL).exists():
+        # An output this run replaces still stands until the rename: resuming it needs both flags.
+        again = "--resume --overwrite" if out.exists() else "--resume"
+        raise Interrupted(f"interrupted; {part} kept: rerun with {again} to continue") from None
+    except BaseException as exc:
+        journal = part / _JOURNAL
+        wrote = (part / _STAGE).exists() or (journal.exists() and journal.stat().st_size > 0)
+        if created_here and not wrote:
             shutil.rmtree(part, ignore_errors=True)
+        elif isinstance(exc, UnlearnableError) and not isinstance(exc, Interrupted) and part.exists() \
+                and "--overwrite" not in str(exc):
+            # Work is kept for --resume (a file that went bad mid-run can be fixed first): say so.
+            again = "--resume --overwrite" if out.exists() else "--resume"
+            raise type(exc)(f"{exc}; the images written so far are kept in {part}: rerun with {again} "
+                            "to continue, or --overwrite to start over") from None
         raise
 
 
@@ -256,7 +266,9 @@ class _SpentClock:
 def _what_differs(before: Dict[str, Any], now: Dict[str, Any]) -> str:
     """``steps: 60 then, 30 now; the input's files`` — what a refused resume would change."""
     said = []
-    for key in sorted(set(before) | set(now)):
+    # Plain fields first (the method, the seed), then each field of a dict (the budget's parts):
+    # with four shown at most, the change that matters is not hidden behind its consequences.
+    for key in sorted(set(before) | set(now), key=lambda k: (isinstance(now.get(k, before.get(k)), dict), k)):
         a, b = before.get(key), now.get(key)
         if a == b:
             continue
@@ -292,6 +304,7 @@ def _run_in_partial(job: ProtectJob, method, budget: Budget, data: ImageSet, nam
         finally:
             clock.save()
         images, per_image = result.protected.images, result.per_image
+        check_changed(method, budget, per_image, data.shape_of)
         # Every invocation's seconds, as the streamed path counts them: a resumed EM run's
         # manifest says what the whole generation cost, not only its last part.
         gen = {"seconds": clock.before + result.seconds, "device": result.device}
@@ -335,6 +348,8 @@ def _read_journal(journal: Path, names: List[str], part: Path) -> Tuple[Dict[int
     for line in journal.read_text().splitlines():
         parts = line.split("\t")
         if len(parts) not in (2, 3) or parts[0] not in index or not (part / parts[0]).exists():
+            continue
+        if sha256_file(part / parts[0]) != parts[1]:  # changed since it was written: write it again
             continue
         i = index[parts[0]]
         done[i] = parts[1]
@@ -505,6 +520,11 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
     log(f"protected {len(names)} images with {job.method} in {gen['seconds']:.2f}s on {gen['device']}"
         + (f" ({clock.before:.2f}s of them before the resume)" if clock.before else ""))
     rows = [per_image[j] for j in range(len(names))]
+    try:
+        check_changed(method, budget, rows, lambda j: stream.shapes[j])
+    except UnlearnableError:
+        shutil.rmtree(part, ignore_errors=True)  # nothing worth resuming: copies of the input
+        raise
     warning = faint_warning(budget, data, rows, shape_of=lambda j: stream.shapes[j])
     if warning:
         log(warning)
@@ -512,6 +532,28 @@ def _run_streaming(job: ProtectJob, method, budget: Budget, stream: _Stream, nam
     atomic_write_json(part / MANIFEST, manifest)
     _finalize(part, out)
     return manifest
+
+
+def check_changed(method, budget: Budget, per_image: List[Dict[str, float]],
+                  shape_of: Callable[[int], Sequence[int]]) -> None:
+    """Refuse a run that changed no pixel of any image: its budget rounds away (an ℓ2 total
+    spread over a photo, ``8/255`` read as an ℓ2 total of 0.031), and publishing copies of the
+    input as protected would mislead. ``shape_of(i)``: image ``i``'s own (H, W)."""
+    if not per_image or any(r["l0"] > 0 for r in per_image):
+        return
+    msg = f"{method.registry_name} with {budget.describe()} changed no pixel of any image, so nothing would be protected"
+    if budget.norm == "l2":
+        h, w = max((shape_of(i) for i in range(len(per_image))), key=lambda s: s[0] * s[1])
+        default = Budget.parse(method.default_budget, default_norm="l2")
+        msg += f"; {_l2_advice(default, h, w)}"
+    raise UnlearnableError(msg)
+
+
+def _l2_advice(budget: Budget, h: int, w: int) -> str:
+    """What an ℓ2 budget set for 32-px images comes to on an image of ``h`` × ``w``."""
+    scaled = budget.eps * math.sqrt(h * w / (32 * 32))
+    return (f"an ℓ2 budget is a total over the image, so {budget.describe()} barely changes large images: the "
+            f"same per-pixel strength at {w}x{h} px is l2:{scaled:.4g}, or use an ℓ∞ method such as pil")
 
 
 def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, float]],
@@ -533,9 +575,7 @@ def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, floa
     msg = (f"warning: {len(faint)} of {len(per_image)} images changed by under {threshold} grey levels on average "
            f"(e.g. {data.ids[i]!r}, {w}x{h} px, {per_image[i]['mean_abs']:.2f})")
     if budget.norm == "l2":
-        scaled = budget.eps * math.sqrt(h * w / (32 * 32))
-        msg += (f"; an ℓ2 budget is a total over the image, so {budget.describe()} barely changes large images: "
-                f"the same per-pixel strength at {w}x{h} px is l2:{scaled:.4g}, or use an ℓ∞ method such as pil")
+        msg += f"; {_l2_advice(budget, h, w)}"
     else:
         msg += "; these images are barely protected"
     return msg

@@ -113,6 +113,39 @@ def test_errors():
         create_method("random").protect(data, "l2:1.0")
 
 
+def _out_of_range(rule):
+    """Values the rule refuses, from a few candidates on either side of every range in use."""
+    _, ok = rule
+    return [v for v in (-1, 0, 0.5, 1, 1.5) if not ok(v)]
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_ranged_hyperparameter_is_checked_at_creation(name):
+    import dataclasses
+
+    from unlearnable.methods.base import FIELD_RANGES
+
+    ranged = [f.name for f in dataclasses.fields(create_method(name)) if f.name in FIELD_RANGES]
+    for field in ranged:
+        for bad in _out_of_range(FIELD_RANGES[field]):
+            with pytest.raises(UnlearnableError, match=f"{field} must be"):
+                create_method(name, **{field: bad})
+    # Set after creation, a bad value is still refused before any work.
+    if ranged:
+        m = create_method(name)
+        setattr(m, ranged[0], _out_of_range(FIELD_RANGES[ranged[0]])[0])
+        with pytest.raises(UnlearnableError, match=f"{ranged[0]} must be"):
+            m.protect(tiny_set())
+
+
+def test_an_unbounded_method_refuses_a_budget():
+    with pytest.raises(UnlearnableError, match="no ℓp bound"):
+        create_method("cuda").parse_budget("8/255")
+    assert create_method("cuda").parse_budget("none").norm == "none"
+    with pytest.raises(UnlearnableError, match=r"give a budget like l2:1\.3041$"):
+        create_method("lsp").parse_budget("linf:8/255")
+
+
 def test_rng_streams_use_the_whole_name():
     from unlearnable.methods.base import rng_for
 

@@ -518,12 +518,17 @@ def test_optimising_method_checkpoints_stay_out_of_the_output(tmp_path, capsys, 
 
 
 def test_l2_budget_too_thin_for_large_images_warns(tmp_path, capsys):
-    # ℓ2 is a total over the image: on a photo it rounds away. protect still succeeds, but says so.
-    src = random_folder(tmp_path / "in", 3, (320, 400))
-    code, o = run(["protect", src, "--out", tmp_path / "lsp", "--method", "lsp"], capsys)
-    assert code == 0
+    # ℓ2 is a total over the image: on a photo it rounds away. Where some pixels still change,
+    # protect succeeds and says so; where none does, it refuses, naming the budget that would.
+    src = random_folder(tmp_path / "in", 3, (160, 200))
+    code, o = run(["protect", src, "--out", tmp_path / "lsp", "--method", "lsp", "--eps", "l2:1"], capsys)
+    assert code == 0, o.err
     line = next(ln for ln in o.err.splitlines() if ln.startswith("warning:") and "on average" in ln)
-    assert "6 of 6 images" in line and "400x320 px" in line and "l2:" in line  # width x height
+    assert "6 of 6 images" in line and "200x160 px" in line and "l2:" in line  # width x height
+    src = random_folder(tmp_path / "big", 3, (320, 400))
+    code, o = run(["protect", src, "--out", tmp_path / "lsp2", "--method", "lsp"], capsys)
+    assert_one_line_error(code, o, "lsp with ℓ2 ≤ 1.3041 changed no pixel of any image")
+    assert "at 400x320 px is l2:14.58" in o.err and not (tmp_path / "lsp2").exists()
     code, o = run(["protect", src, "--out", tmp_path / "pil", "--method", "pil"], capsys)  # full ℓ∞ use
     assert code == 0 and "warning:" not in o.err
     # ℓ0's sparsity is by design (no faintness warning), but OPS's pixel is averaged away by a

@@ -156,3 +156,77 @@ def test_photos_larger_than_the_working_size_stream_by_default(tmp_path):
                    log=logs.append)
     assert any("a batch at a time" in m for m in logs)
     assert main(["verify", str(tmp_path / "out"), "--clean", str(src), "--quiet"]) == 0
+
+
+def _stream_job(src, out, method="regions-4", **kw):
+    return ProtectJob(input=str(src), out=str(out), method=method, params=kw.pop("params", {}), seed=5,
+                      device="cpu", **kw)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_run_that_fails_before_writing_leaves_nothing(photos, tmp_path, monkeypatch, streamed):
+    monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0 if streamed else 1 << 30)
+    with pytest.raises(Exception, match="perfect square"):  # found by the plan, after the partial folder
+        protect_folder(_stream_job(photos, tmp_path / "out", params={"k": 3}))
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+    # A budget that rounds away entirely (lsp's ℓ2 total read from "8/255") protects nothing: refused.
+    with pytest.raises(Exception, match="changed no pixel of any image"):
+        protect_folder(_stream_job(photos, tmp_path / "out", method="lsp", budget="8/255"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_a_file_gone_bad_mid_stream_keeps_the_work_and_says_how_to_resume(photos, tmp_path, monkeypatch):
+    from unlearnable.data import load as load_mod
+    from unlearnable.errors import UnlearnableError
+
+    monkeypatch.setattr(PerImageMethod, "batch_images", 4)
+    monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0)
+    protect_folder(_stream_job(photos, tmp_path / "full"))
+    real, calls = load_mod.decode_files, []
+
+    def corrupt(paths, workers=None):
+        if workers == 1:  # the stream's own reads, after the whole folder was checked once
+            calls.append(paths[0])
+            if len(calls) == 9:
+                raise UnlearnableError(f"{paths[0]} is corrupt or truncated")
+        return real(paths, workers)
+
+    monkeypatch.setattr(protect_mod, "decode_files", corrupt)
+    with pytest.raises(UnlearnableError, match=r"corrupt.*kept in .*\.cut\.partial: rerun with --resume"):
+        protect_folder(_stream_job(photos, tmp_path / "cut"))
+    assert (tmp_path / ".cut.partial" / "journal.tsv").stat().st_size > 0
+    monkeypatch.setattr(protect_mod, "decode_files", real)
+    protect_folder(_stream_job(photos, tmp_path / "cut", resume=True))
+    assert _files(tmp_path / "cut") == _files(tmp_path / "full")
+
+
+def test_resume_writes_again_a_file_changed_since_and_names_both_flags_after_overwrite(photos, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(PerImageMethod, "batch_images", 4)
+    monkeypatch.setattr(protect_mod, "STREAM_MIN_SIDE", 0)
+    protect_folder(_stream_job(photos, tmp_path / "full"))
+    out = tmp_path / "out"
+    protect_folder(_stream_job(photos, out, method="random-classwise"))  # an earlier output, to be replaced
+
+    def interrupt(label):
+        def tick(done, total):
+            if label == "protect" and done >= 8:
+                raise KeyboardInterrupt
+        return tick
+
+    with pytest.raises(Exception, match=r"rerun with --resume --overwrite to continue"):
+        protect_folder(_stream_job(photos, out, overwrite=True), progress=interrupt)
+    part = tmp_path / ".out.partial"
+    first = part / (open(part / "journal.tsv").readline().split("\t")[0])
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(first)  # a valid PNG, not the one the journal names
+    protect_folder(_stream_job(photos, out, overwrite=True, resume=True))
+    assert _files(out) == _files(tmp_path / "full")
+
+
+def test_a_refused_resume_names_the_method_first():
+    before = {"method": "regions-4", "budget": {"norm": "linf", "eps": 0.03, "spec": "8/255"},
+              "hyperparameters": {"k": 4}, "seed": 0}
+    now = {"method": "cuda", "budget": {"norm": "none", "eps": None, "spec": "none"},
+           "hyperparameters": {"kernel_size": 3, "blur_parameter": 0.3, "mix": 1.0}, "seed": 0}
+    assert protect_mod._what_differs(before, now).startswith("method: regions-4 then, cuda now")

@@ -26,6 +26,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read a megabyte at a time (photos' PNGs are tens of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _file_mode() -> int:
     """The mode a plain ``open()`` would give a new file under the process umask: mkstemp makes
     its files 0600, and a folder meant for publishing must not come out unreadable to others."""

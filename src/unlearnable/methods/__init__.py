@@ -11,7 +11,7 @@ from typing import Any, List
 
 from ..errors import UnlearnableError
 from ..registry import Registry, typed_value
-from .base import Method, ProtectedSet
+from .base import Method, ProtectedSet, check_fields
 
 METHODS = Registry("method")
 register_method = METHODS.register
@@ -31,7 +31,9 @@ def create_method(name: str, **kwargs: Any) -> Method:
         raise UnlearnableError(f"method {name!r} has no parameter {unknown[0]!r}; "
                                f"its parameters: {', '.join(fields) or 'none'}")
     typed = {k: typed_value(f"method {name!r}", k, fields[k], v) for k, v in kwargs.items()}
-    return cls(**typed)
+    method = cls(**typed)
+    check_fields(method)
+    return method
 
 
 def list_methods(pattern: str = "*") -> List[str]:

@@ -15,6 +15,7 @@ Hyperparameters are dataclass fields with the paper's defaults (torchattacks sty
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
@@ -105,6 +106,47 @@ class ProtectedSet:
         return all(self.budget.allows(r) for r in self.per_image)
 
 
+def _at_least(lo: float) -> Tuple[str, Callable[[float], bool]]:
+    return f">= {lo:g}", lambda v: v >= lo
+
+
+_POSITIVE = ("> 0", lambda v: v > 0)
+_FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+#: The range a method field of this name must lie in, for every method that has one (``None``
+#: stays allowed where the field is optional): one table, so ``--param steps=-1`` fails by name
+#: before any work, whatever the method.
+FIELD_RANGES: Dict[str, Tuple[str, Callable[[float], bool]]] = {
+    **{name: _at_least(1) for name in (
+        "batch_size", "eot", "restarts", "max_rounds", "train_steps", "surrogate_epochs", "surrogate_batch",
+        "attack_batch", "working_size", "pattern_size", "patch_size", "k", "kernel_size", "max_proposals",
+        "lr_decay_every", "num_checkpoints")},
+    **{name: _at_least(0) for name in (
+        "steps", "pgd_steps", "rho_steps", "weight_decay", "rho", "blur_parameter", "required_response",
+        "checkpoint_every_s")},
+    **{name: _POSITIVE for name in (
+        "lr", "surrogate_lr", "step_size", "rho_step_size", "grad_clip", "class_sep", "norm_bound")},
+    **{name: _FRACTION for name in ("momentum", "surrogate_momentum", "stop_error")},
+    "mix": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "lam": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "lr_gamma": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "subset_fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "pseudo_classes": _at_least(2),
+}
+
+
+def check_fields(method: "Method") -> None:
+    """Raise a one-line error for a hyperparameter outside its range (:data:`FIELD_RANGES`)."""
+    for f in dataclasses.fields(method):
+        rule, value = FIELD_RANGES.get(f.name), getattr(method, f.name)
+        if rule is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        what, ok = rule
+        if not (math.isfinite(value) and ok(value)):
+            raise UnlearnableError(f"{method.registry_name or type(method).__name__}: {f.name} must be {what}, "
+                                   f"got {value:g}")
+
+
 @dataclass
 class Method:
     """Base class of protection methods (see the module docstring for the contract).
@@ -165,9 +207,9 @@ class Method:
         """The user's budget in this method's declared norm (its paper's default when None)."""
         b = Budget.parse(self.default_budget if budget is None else budget, default_norm=self.budget_norm)
         if b.norm != self.budget_norm and self.budget_norm != "none":
+            like = self.default_budget if ":" in self.default_budget else f"{self.budget_norm}:{self.default_budget}"
             raise UnlearnableError(
-                f"method {self.registry_name!r} is bounded in {self.budget_norm}, not {b.norm}; "
-                f"give a budget like {self.budget_norm}:{self.default_budget}")
+                f"method {self.registry_name!r} is bounded in {self.budget_norm}, not {b.norm}; give a budget like {like}")
         return b
 
     def apply(self, data: ImageSet, deltas: Deltas, budget: Budget, x_chunk: int = 4096) -> Images:
@@ -189,6 +231,7 @@ class Method:
                 device: Optional[str] = None, workdir: Optional[str] = None,
                 progress: Progress = None) -> ProtectedSet:
         """Protect ``data``: perturb, apply with exact quantisation, measure and verify."""
+        check_fields(self)  # fields may have been set after creation
         b = self.parse_budget(budget)
         if len(data) == 0:
             raise UnlearnableError("nothing to protect: the input has no images")

@@ -96,16 +96,20 @@ class CUDA(PerImageMethod):
     paper = "Sadasivan et al., CUDA: Convolution-based Unlearnable Datasets, CVPR 2023"
 
     def parse_budget(self, budget=None) -> Budget:
-        b = Budget.parse("none" if budget is None else budget, default_norm="none")
-        if b.norm != "none":
-            raise UnlearnableError(f"cuda is a blur with no ℓp bound; give no budget (or 'none'), not {b.spec!r}")
-        return b
+        if isinstance(budget, Budget):
+            given = budget.spec if budget.norm != "none" else None
+        else:  # a bare number would parse as "none" here: any budget but none is refused by its text
+            given = None if budget is None or str(budget).strip().lower() in ("none", "unbounded") else str(budget)
+        if given is not None:
+            raise UnlearnableError(f"cuda is a blur with no ℓp bound: leave out the budget (or give 'none'), not {given!r}")
+        return Budget.parse("none", default_norm="none")
+
+    def __post_init__(self) -> None:
+        if self.kernel_size % 2 == 0:  # the ranges of the fields are checked by check_fields
+            raise UnlearnableError(f"cuda: kernel_size must be odd, got {self.kernel_size}")
 
     def plan(self, data: ImageSet, shapes, budget: Budget, *, seed: int, device: str):
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise UnlearnableError(f"cuda: kernel_size must be odd, got {self.kernel_size}")
-        if not 0.0 <= self.mix <= 1.0:
-            raise UnlearnableError(f"cuda: mix must be in [0, 1], got {self.mix}")
+        self.__post_init__()  # fields set after creation are checked too
         if self.mix < 1.0:
             chosen = np.array([rng_for(seed, "cuda-mix", _id_word(i)).random() < self.mix for i in data.ids])
         else:

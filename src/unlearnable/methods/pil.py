@@ -56,7 +56,7 @@ from ..budget import Budget
 from ..data.imageset import ImageSet
 from ..errors import UnlearnableError
 from . import register_method
-from .base import Deltas, Method, Progress, as_deltas, at_own_size, deltas_to_native, grey_levels
+from .base import Deltas, Method, Progress, as_deltas, at_own_size, check_fields, deltas_to_native, grey_levels
 from .base import working_size as _working_size
 from .resolution import RESIZE_MODES, PaddedResize, batch_pass, size_batches
 
@@ -375,16 +375,11 @@ class PIL(Method):
         self._check()  # a bad hyperparameter fails at creation, before any data is read
 
     def _check(self) -> None:
+        check_fields(self)  # the numeric ranges (lam in [0, 1], steps >= 0, ...), as for every method
         if self.surrogate_fit not in SURROGATE_FITS:
             raise UnlearnableError(f"pil: surrogate_fit must be one of {', '.join(SURROGATE_FITS)}, got {self.surrogate_fit!r}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise UnlearnableError(f"pil: lam must lie in [0, 1], got {self.lam}")
-        if self.steps < 0 or self.surrogate_epochs < 1 or self.surrogate_batch < 1 or self.working_size < 1:
-            raise UnlearnableError("pil: steps must be >= 0; surrogate_epochs, surrogate_batch, working_size >= 1")
         if self.resize not in RESIZE_MODES:
             raise UnlearnableError(f"pil: resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
-        if self.attack_batch is not None and self.attack_batch < 1:
-            raise UnlearnableError("pil: attack_batch must be positive")
 
     def surrogate_recipe(self) -> Dict[str, Any]:
         """The surrogate's (epochs, lr, momentum, batch_size) for the chosen ``surrogate_fit``."""
