@@ -670,7 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
     q.add_argument("--method", default="pil",
                    help="protection method (default pil: no network to train; see `unlearnable methods`)")
-    q.add_argument("--eps", default=None, help="budget: 8/255, 8 (grey levels), 0.0314, l2:1.0 (default: the method's)")
+    q.add_argument("--eps", default=None,
+                   help="budget: 8/255, 8 (grey levels), 0.0314, l2:1.0; for an ℓ2 method a bare number is its ℓ2 "
+                        "total in [0, 1] units (default: the method's)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--param", action="append", metavar="NAME=VALUE", help="method hyperparameter (repeatable)")
     q.add_argument("--split", default="train", help="split to protect when the input has splits (default train)")

@@ -130,6 +130,9 @@ class ProtectJob:
     npz: Optional[str] = None
 
 
+#: Grey levels of change past which the field's budgets never go (16/255 at most): warned about.
+VISIBLE_LEVELS = 32
+
 #: The images, their perturbation and the protected copy are all in memory at once.
 PROTECT_MEMORY = MemoryCheck(3, "protecting them whole", "protect the folder in parts (a few class folders at "
                                                          "a time, each to its own --out), or with a method that "
@@ -164,7 +167,7 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
 
     method = create_method(job.method, **(job.params or {}))
     budget = method.parse_budget(job.budget)
-    if budget.norm == "linf" and budget.levels > 32:  # 0.5 (127 levels) for 0.5/255, say
+    if budget.norm == "linf" and budget.levels > VISIBLE_LEVELS:  # 0.5 (127 levels) for 0.5/255, say
         log(f"warning: ε = {budget.levels}/255 changes images visibly; the field protects at 8/255–16/255 "
             "(a bare number below 1 is a fraction of 255: 0.03 ≈ 8/255)")
     t_load = time.perf_counter()
@@ -558,7 +561,8 @@ def _l2_advice(budget: Budget, h: int, w: int) -> str:
 
 def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, float]],
                   threshold: float = 0.5, shape_of: Optional[Callable[[int], Sequence[int]]] = None) -> Optional[str]:
-    """A warning when images changed by less than ``threshold`` grey levels on average (ℓ∞, ℓ2).
+    """A warning when images changed by less than ``threshold`` grey levels on average (ℓ∞, ℓ2),
+    or, for ℓ2, by more than :data:`VISIBLE_LEVELS` (a bare ``--eps 300`` is an ℓ2 total).
 
     An ℓ2 budget is a total over the image, so on photos far larger than the 32² the
     baselines were designed for it spreads too thin to survive rounding: protect then exits
@@ -566,6 +570,11 @@ def faint_warning(budget: Budget, data: ImageSet, per_image: List[Dict[str, floa
     """
     if budget.norm not in ("linf", "l2"):  # ℓ0 (OPS) is sparse by design; unbounded has no budget to spread
         return None
+    mean = sum(r["mean_abs"] for r in per_image) / max(1, len(per_image))
+    if budget.norm == "l2" and mean > VISIBLE_LEVELS:  # the ℓ∞ budget is warned about before the run
+        return (f"warning: {budget.describe()} changed the images by {mean:.1f} grey levels on average, visibly; "
+                "a bare number is an ℓ2 total in [0, 1] units, not grey levels (the field's ℓ2 budgets are "
+                "0.5-1.3 at 32 px)")
     faint = [i for i, r in enumerate(per_image) if r["mean_abs"] < threshold]
     if not faint:
         return None

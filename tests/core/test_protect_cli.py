@@ -596,3 +596,8 @@ def test_a_budget_far_above_the_fields_warns(tmp_path, capsys):
     assert code == 0 and "warning: ε = 127/255" in o.err
     code, o = run(["protect", src, "--out", tmp_path / "out2", "--method", "random", "--eps", "16/255", "--quiet"], capsys)
     assert code == 0 and "warning" not in o.err
+    # An ℓ2 method takes a bare number as its ℓ2 total: 300 is not 300 grey levels but far more.
+    code, o = run(["protect", src, "--out", tmp_path / "out3", "--method", "lsp", "--eps", "300", "--quiet"], capsys)
+    assert code == 0 and "grey levels on average, visibly" in o.err
+    code, o = run(["protect", src, "--out", tmp_path / "out4", "--method", "lsp", "--quiet"], capsys)
+    assert code == 0 and "visibly" not in o.err
