@@ -222,6 +222,12 @@ def run_audit(protected: ImageSet, test: ImageSet, *, clean: Optional[ImageSet] 
     if not seeds or len(set(seeds)) != len(seeds):
         raise UnlearnableError(f"seeds must be distinct and at least one, got {seeds}")
     rec = get_recipe(recipe, epochs=epochs, arch=arch)
+    if isinstance(defenses, str):  # "standard" or "none,jpeg10": the CLI's list, not its characters
+        from .registry import split_spec_list
+
+        defenses = split_spec_list(defenses)
+    if not defenses:
+        raise UnlearnableError("no defenses to audit: give at least one (e.g. 'standard')")
     defense_objs = [(spec, create_defense(spec)) for spec in defenses]  # fail fast on a bad spec
     check_same_classes(protected, test, "protected set", "test set")
     if clean is not None:

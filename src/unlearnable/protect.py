@@ -716,10 +716,13 @@ def load_protected(path: str, split: str = "train", training: bool = False, size
             at = {out: k for k, out in enumerate(data.ids)}
             data = data.subset([at[f["output"]] for f in files])
             data = replace(data, ids=[f["id"] for f in files])
-            classes = manifest.get("input", {}).get("classes") or []
-            if data.labels is not None and sorted(classes) == sorted(data.classes) and classes != data.classes:
-                remap = np.array([classes.index(c) for c in data.classes], np.int64)
-                data = replace(data, labels=remap[data.labels], classes=list(classes))
+            # The labels the images were protected with, as the manifest records them per file:
+            # a set whose ids are not class folders (flat names, an NPZ's) reloads labelled, and
+            # in its own class numbering.
+            classes = list(manifest.get("input", {}).get("classes") or [])
+            named = [f.get("class") for f in files]
+            if classes and all(c in classes for c in named):
+                data = replace(data, labels=np.array([classes.index(c) for c in named], np.int64), classes=classes)
     return data
 
 

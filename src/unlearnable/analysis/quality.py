@@ -43,7 +43,16 @@ def _single(x) -> bool:
 
 def _peak(clean: Images, protected: Images, data_range: Optional[float], who: str) -> float:
     """The peak value L: ``data_range`` if given, else 255 for uint8 (integer) images; float
-    images without ``data_range`` are refused (their scale, [0, 1] or [0, 255], is unknown)."""
+    images without ``data_range`` are refused (their scale, [0, 1] or [0, 255], is unknown).
+    The layouts are checked first: an ``(N, H, W)`` grey stack would otherwise read as one image
+    of N channels."""
+    for images in (clean, protected):
+        stacked = isinstance(images, np.ndarray)
+        for a in [images] if stacked else [np.asarray(a) for a in images]:
+            if a.ndim not in ((3, 4) if stacked else (3,)) or a.shape[-1] not in (1, 3, 4):
+                raise UnlearnableError(
+                    f"{who}: images must be HWC, (N, H, W, C) or a list of HWC with C = 1, 3 or 4, got shape "
+                    f"{a.shape} (add a channel axis to grey images: x[..., None])")
     if data_range is not None:
         if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) \
                 or not math.isfinite(data_range) or data_range <= 0:
@@ -156,6 +165,8 @@ def ssim(clean: Images, protected: Images, *, win: int = 11, sigma: float = 1.5,
         UnlearnableError: float images without ``data_range``, or a ``data_range`` <= 0.
     """
     peak = _peak(clean, protected, data_range, "ssim")
+    if isinstance(win, bool) or not isinstance(win, int) or win < 1:
+        raise UnlearnableError(f"ssim: win must be a positive integer, got {win!r}")
     if _single(clean):
         return float(ssim(clean[None], np.asarray(protected)[None], win=win, sigma=sigma, k1=k1, k2=k2,
                           data_range=peak)[0])

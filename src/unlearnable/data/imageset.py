@@ -33,6 +33,41 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def label_array(y: object, n: int, what: str = "labels", num_classes: Optional[int] = None,
+                copy: bool = False) -> np.ndarray:
+    """``y`` as ``(n,)`` int64 class indices, or a one-line error naming what is wrong: not numbers,
+    fractions, the wrong count, or outside ``[0, num_classes)`` (below 0 when that is unknown).
+    The one label check of image sets, victim training and the analyses."""
+    if hasattr(y, "detach"):  # a torch tensor
+        y = y.detach().cpu().numpy()
+    given = np.asarray(y)
+    if given.dtype.kind not in "biuf":
+        raise UnlearnableError(f"{what} must be integer class indices, got {given.dtype}")
+    if given.dtype.kind == "f" and not (np.isfinite(given).all() and np.array_equal(given, np.round(given))):
+        raise UnlearnableError(f"{what} must be whole class indices, got fractions or non-finite values")
+    out = np.array(given, dtype=np.int64, copy=True) if copy else given.astype(np.int64, copy=False)
+    if out.shape != (n,):
+        raise UnlearnableError(f"{what}: {out.size} labels (shape {out.shape}) for {n} images")
+    if n and out.min() < 0:
+        raise UnlearnableError(f"{what} must be class indices >= 0, got {int(out.min())}")
+    if n and num_classes is not None and out.max() >= num_classes:
+        raise UnlearnableError(f"{what} must lie in [0, {num_classes}), got {int(out.max())}")
+    return out
+
+
+def check_id(id_: object) -> str:
+    """An image id as outputs use it: a relative POSIX path inside the output folder. Ids name the
+    files ``protect`` and ``save_protected`` write, so one that is absolute or climbs out with
+    ``..`` (from an NPZ's ``ids``, say) would write outside it: refused."""
+    if not isinstance(id_, str) or not id_:
+        raise UnlearnableError(f"image ids must be non-empty strings, got {id_!r}")
+    parts = id_.split("/")
+    if id_.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in id_:
+        raise UnlearnableError(f"image id {id_!r} is not a relative path inside the set (no leading '/', "
+                               "'.', '..' or empty parts): outputs are written under it")
+    return id_
+
+
 @dataclass
 class ImageSet:
     """Images, labels, class names and stable ids of one split.
@@ -70,12 +105,13 @@ class ImageSet:
             raise ValueError(f"{len(self.ids)} ids for {n} images")
         if len(set(self.ids)) != n:
             raise ValueError("ids must be unique")
+        for id_ in self.ids:
+            check_id(id_)
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"class names must be unique, got {list(self.classes)}")
         if self.labels is not None:
-            self.labels = np.asarray(self.labels, dtype=np.int64)
-            if self.labels.shape != (n,):
-                raise ValueError(f"labels shape {self.labels.shape} != ({n},)")
-            if n and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-                raise ValueError("labels out of range of classes")
+            # A copy: the set's labels do not change when the caller's array does, or the reverse.
+            self.labels = label_array(self.labels, n, "labels", len(self.classes), copy=True)
 
     # -- shape ---------------------------------------------------------------------------
     def __len__(self) -> int:

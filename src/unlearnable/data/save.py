@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ..errors import UnlearnableError
-from .imageset import ImageSet
+from .imageset import ImageSet, check_id
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -89,6 +89,7 @@ def output_names(ids: Sequence[str]) -> List[str]:
     ``cat/001.jpg`` → ``cat/001.png``. When two inputs would collide (``a.jpg`` and ``a.png``
     in one folder), the colliding ones keep their full name: ``a.jpg.png``.
     """
+    ids = [check_id(i) for i in ids]  # never a path outside the output folder
     stems = [str(PurePosixPath(i).with_suffix(".png")) if PurePosixPath(i).suffix else i + ".png" for i in ids]
     counts: Dict[str, int] = {}
     for s in stems:

@@ -231,6 +231,11 @@ class Method:
                 device: Optional[str] = None, workdir: Optional[str] = None,
                 progress: Progress = None) -> ProtectedSet:
         """Protect ``data``: perturb, apply with exact quantisation, measure and verify."""
+        if not isinstance(data, ImageSet):
+            raise UnlearnableError(f"protect takes an ImageSet (unlearnable.data.ImageSet(images, labels, classes, "
+                                   f"ids) or load_images(path)), got {type(data).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise UnlearnableError(f"seed must be an integer, got {seed!r}")
         check_fields(self)  # fields may have been set after creation
         b = self.parse_budget(budget)
         if len(data) == 0:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import describe_device, resolve_device
+from ..data.imageset import label_array
 from ..errors import UnlearnableError
 from .recipes import Recipe, get_recipe
 
@@ -134,21 +135,21 @@ def _validation_splitter(dfn: "Defense"):
 def _as_nchw_uint8(x: ArrayLike, what: str) -> torch.Tensor:
     """uint8 NHWC numpy array or uint8 NCHW tensor -> uint8 NCHW tensor (on its device)."""
     if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise UnlearnableError(f"{what} must be a uint8 (N, H, W, C) array, got {x.dtype} {x.shape}")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise UnlearnableError(f"{what} must be a uint8 (N, H, W, C) array with C = 1 or 3, got {x.dtype} "
+                                   f"{x.shape} (an (N, C, H, W) layout goes in as a torch tensor)")
         return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
     if isinstance(x, torch.Tensor):
-        if x.dtype != torch.uint8 or x.ndim != 4:
-            raise UnlearnableError(f"{what} must be a uint8 (N, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise UnlearnableError(f"{what} must be a uint8 (N, C, H, W) tensor with C = 1 or 3, got {x.dtype} "
+                                   f"{tuple(x.shape)} (an (N, H, W, C) layout goes in as a numpy array)")
         return x
     raise UnlearnableError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
 
 
 def _as_labels(y: ArrayLike, n: int, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(torch.int64).reshape(-1)
-    if t.numel() != n:
-        raise UnlearnableError(f"{what}: {t.numel()} labels for {n} images")
-    return t
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    return torch.from_numpy(label_array(y.reshape(-1), n, what))
 
 
 class _Backends:
@@ -372,11 +373,13 @@ def train_victim(
     yte = _as_labels(test_y, xte.shape[0], "test_y")
     if xtr.shape[0] < 2:
         raise UnlearnableError(f"need at least 2 training images, got {xtr.shape[0]}")
+    if xte.shape[0] == 0:
+        raise UnlearnableError("the test set is empty: there is nothing to measure accuracy on")
     if xtr.shape[1:] != xte.shape[1:]:
         raise UnlearnableError(f"train images {tuple(xtr.shape[1:])} and test images {tuple(xte.shape[1:])} differ in shape (C, H, W)")
     if num_classes is None:
         num_classes = int(max(ytr.max().item(), yte.max().item() if yte.numel() else 0)) + 1
-    if ytr.min().item() < 0 or ytr.max().item() >= num_classes or (yte.numel() and yte.max().item() >= num_classes):
+    if ytr.max().item() >= num_classes or yte.max().item() >= num_classes:  # >= 0: label_array
         raise UnlearnableError(f"labels must lie in [0, {num_classes})")
 
     with torch.random.fork_rng(devices=[dev.index] if dev.type == "cuda" else []), _Backends(dev):
