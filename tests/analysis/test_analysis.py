@@ -128,13 +128,14 @@ def test_psnr_and_ssim_refuse_float_images_without_data_range():
     assert np.allclose(psnr(u.astype(np.int64), v.astype(np.int64)), psnr(u, v))  # integers in [0, 255]
 
 
-@pytest.mark.parametrize("eps", [-1, -1 / 255, float("nan"), float("inf"), (1 / 255, -2 / 255)])
+@pytest.mark.parametrize("eps", [-1, -1 / 255, float("nan"), float("inf"), (1 / 255, -2 / 255), 8])
 def test_fgsm_refuses_negative_or_non_finite_eps(eps):
+    # 8 is not 8/255 here: ε is in the [0, 1] scale, and a value above 1 flips everything.
     from unlearnable.errors import UnlearnableError
 
     x, y = images(6, 8), np.arange(6) % 3
     model = _trained_linear(x, y)
-    with pytest.raises(UnlearnableError, match="eps must be a finite number >= 0"):
+    with pytest.raises(UnlearnableError, match=r"eps must be a number in \[0, 1\]"):
         fgsm_success_rate(model, x, y, eps=eps)
 
 

@@ -96,3 +96,26 @@ def test_a_saved_set_reloads_with_the_labels_it_was_protected_with(tmp_path):
         save_protected(create_method("random").protect(data, seed=0), str(out))
         back = load_protected(str(out))
         assert back.ids == ids and back.classes == ["c0", "c1", "c2"] and back.labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_the_analyses_check_labels_and_layouts():
+    from unlearnable.analysis.csd import csd
+    from unlearnable.analysis.gradients import class_gradient_cosine
+    from unlearnable.analysis.linearity import fgsm_success_rate
+    from unlearnable.analysis.separability import linear_separability
+    from unlearnable.models import create_model
+
+    x, y = _x(6), np.arange(6) % 3
+    model = create_model("linear", num_classes=3, input_size=8)
+    with pytest.raises(UnlearnableError, match="same images"):
+        class_gradient_cosine(model, x, x[:, :4], y)
+    with pytest.raises(UnlearnableError, match=">= 0"):
+        class_gradient_cosine(model, x, x, y - 1)
+    with pytest.raises(UnlearnableError, match="5 labels"):
+        fgsm_success_rate(model, x, y[:5])
+    with pytest.raises(UnlearnableError, match="C = 1 or 3"):  # NHWC handed over as a tensor
+        fgsm_success_rate(model, torch.from_numpy(x), y)
+    with pytest.raises(UnlearnableError, match=r"\[0, 2\)"):
+        linear_separability(x, y, num_classes=2, steps=2, device="cpu")
+    with pytest.raises(UnlearnableError, match=r"\[0, 2\)"):  # a class would be dropped silently
+        csd(x.astype(np.float64), y, num_classes=2)

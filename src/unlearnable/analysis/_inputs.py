@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
 
 import numpy as np
+
+from ..data.imageset import label_array
+from ..errors import UnlearnableError
 
 
 def as_float_nchw(x, device=None):
@@ -11,22 +15,26 @@ def as_float_nchw(x, device=None):
     import torch
 
     if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise UnlearnableError(f"images must be uint8 (N, H, W, C) arrays with C = 1 or 3, got {x.dtype} {x.shape}")
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
     elif isinstance(x, torch.Tensor):
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise UnlearnableError(f"image tensors must be (N, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
         t = x
     else:
-        raise TypeError(f"images must be a numpy array or a torch tensor, got {type(x).__name__}")
+        raise UnlearnableError(f"images must be a numpy array or a torch tensor, got {type(x).__name__}")
     if t.dtype == torch.uint8:
         t = t.float().div(255.0)
     return t.to(device) if device is not None else t
 
 
-def as_labels(y, device=None):
+def as_labels(y, n: int, num_classes: Optional[int] = None, device=None):
+    """``(n,)`` int64 label tensor, checked as every label is (:func:`~unlearnable.data.imageset.label_array`)."""
     import torch
 
-    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long().reshape(-1)
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    t = torch.from_numpy(label_array(y.reshape(-1), n, "labels", num_classes))
     return t.to(device) if device is not None else t
 
 

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..data.imageset import label_array
 from ..errors import UnlearnableError
 
 __all__ = ["csd"]
@@ -37,9 +38,9 @@ def csd(delta: np.ndarray, labels, *, num_classes: Optional[int] = None) -> floa
         UnlearnableError: fewer than two classes with samples, or mismatched lengths.
     """
     d = np.asarray(delta, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if d.shape[0] != y.shape[0]:
-        raise UnlearnableError(f"{d.shape[0]} perturbations but {y.shape[0]} labels")
+    if d.ndim == 0 or d.shape[0] == 0:
+        raise UnlearnableError("CSD needs perturbations: got none")
+    y = label_array(np.asarray(labels).reshape(-1), d.shape[0], "labels", num_classes)
     d = d.reshape(d.shape[0], -1)
     k = int(num_classes if num_classes is not None else (y.max() + 1 if y.size else 0))
     mus, spreads = [], []

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UnlearnableError
+
 from ._inputs import as_float_nchw, as_labels, model_device
 
 __all__ = ["class_gradient_cosine"]
@@ -65,9 +67,10 @@ def class_gradient_cosine(model, clean_x, protected_x, y, num_classes: int = Non
 
     if wrt not in ("params", "input"):
         raise ValueError(f"wrt must be 'params' or 'input', got {wrt!r}")
-    if len(clean_x) != len(protected_x):
-        raise ValueError("clean_x and protected_x must hold the same images")
-    yy = as_labels(y)
+    if tuple(clean_x.shape) != tuple(protected_x.shape):
+        raise UnlearnableError(f"clean_x {tuple(clean_x.shape)} and protected_x {tuple(protected_x.shape)} must "
+                               "hold the same images")
+    yy = as_labels(y, len(clean_x), num_classes)
     k = int(num_classes if num_classes is not None else int(yy.max()) + 1)
     was_training = model.training
     model.eval()

@@ -42,8 +42,9 @@ def fgsm_success_rate(model, x, y, eps: Union[float, Sequence[float]] = (1 / 255
 
     eps_list = [eps] if isinstance(eps, numbers.Real) else list(eps)
     for e in eps_list:
-        if isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e) or e < 0:
-            raise UnlearnableError(f"fgsm_success_rate: eps must be a finite number >= 0 (in the [0, 1] scale), got {e!r}")
+        if isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e) or not 0 <= e <= 1:
+            raise UnlearnableError(f"fgsm_success_rate: eps must be a number in [0, 1] (the [0, 1] pixel scale: "
+                                   f"8/255 = 0.0314), got {e!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise UnlearnableError(f"fgsm_success_rate: batch_size must be a positive integer, got {batch_size!r}")
     eps_list = [float(e) for e in eps_list]
@@ -52,7 +53,7 @@ def fgsm_success_rate(model, x, y, eps: Union[float, Sequence[float]] = (1 / 255
     model.eval()
     flipped = {e: 0 for e in eps_list}
     correct_total = 0
-    yy = as_labels(y)
+    yy = as_labels(y, len(x))
     try:
         for s in range(0, len(yy), batch_size):
             xb = as_float_nchw(x[s:s + batch_size], dev).clone().requires_grad_(True)

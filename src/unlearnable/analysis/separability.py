@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
+from ..data.imageset import label_array
 from ..errors import UnlearnableError
 
 __all__ = ["perturbations", "linear_separability", "separability_report"]
@@ -81,9 +82,9 @@ def linear_separability(features: np.ndarray, labels, *, steps: int = 500, norma
     from ..device import resolve_device
 
     f = np.asarray(features)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if f.shape[0] != y.shape[0] or f.shape[0] == 0:
-        raise UnlearnableError(f"{f.shape[0]} samples but {y.shape[0]} labels")
+    y = label_array(np.asarray(labels).reshape(-1), f.shape[0], "labels", num_classes)
+    if f.shape[0] == 0:
+        raise UnlearnableError("linear separability needs samples: got none")
     f = f.reshape(f.shape[0], -1).astype(np.float32) / (255.0 if f.dtype == np.uint8 else 1.0)
     f = _normalise(f, normalize)
     dev = resolve_device(device)
