@@ -202,7 +202,9 @@ def get_recipe(name: "str | Recipe", *, epochs: Optional[int] = None, arch: Opti
 
     Args:
         name: a registered name, a spec, or a :class:`Recipe`.
-        epochs: if given, overrides the epochs (the CLI's ``--epochs``).
+        epochs: if given, overrides the epochs (the CLI's ``--epochs``, a grid's ``epochs``). The
+            recipe keeps its name (tables list recipe and epochs side by side); records carry
+            the epochs in their curve and ``recipe_params``, and the run key hashes every field.
         arch: if given, overrides the architecture (the CLI's ``--arch``).
 
     Raises:
