@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, List
 
 from ..errors import UnlearnableError
-from ..registry import Registry, typed_value
+from ..registry import Registry, annotation_name, typed_value
 from .base import Method, ProtectedSet, check_fields
 
 METHODS = Registry("method")
@@ -25,7 +25,7 @@ def create_method(name: str, **kwargs: Any) -> Method:
     ``--param`` fails by name.
     """
     cls = METHODS.get(name)
-    fields = {f.name: str(f.type) for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: annotation_name(f.type) for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in kwargs if k not in fields]
     if unknown:
         raise UnlearnableError(f"method {name!r} has no parameter {unknown[0]!r}; "
