@@ -206,6 +206,7 @@ def test_list_commands(capsys):
     out = capsys.readouterr().out
     for name in ("random-classwise", "regions-4", "standard", "resnet18", "paper", "cpu-small"):
         assert name in out
+    assert "read a batch at a time by cuda, lsp, pil, random-classwise, regions-4;" in out
     for kind in ("methods", "defenses", "models", "recipes"):  # a pattern matching nothing says so
         assert main([kind, "zzz*"]) == 2
         err = capsys.readouterr().err
