@@ -575,10 +575,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:20s} {cls.budget_norm:5s} {cls.default_budget:8s} {cls.paper}")
             _print_params(METHODS.defaults(name), "--param defaults:")
         if args.pattern == "*":
-            from .methods import create_method
+            from .methods import streaming_methods
 
-            streaming = [n for n in METHODS.list() if create_method(n).streams]
-            print(f"\nfolders of photos of any size are read a batch at a time by {', '.join(streaming)}; "
+            print(f"\nfolders of photos of any size are read a batch at a time by {', '.join(streaming_methods())}; "
                   "the others hold the whole set in memory")
     elif kind == "defenses":
         for name in DEFENSES.list(args.pattern):

@@ -38,7 +38,7 @@ from .data.save import (atomic_write, atomic_write_json, check_npz_destination, 
                         move_into_place, output_names, sha256_file, write_pngs)
 from .data.pseudo import pseudo_label_plan, pseudo_label_warning
 from .errors import Interrupted, UnlearnableError, VerificationError
-from .methods import create_method
+from .methods import create_method, streaming_methods
 from .methods.base import ProtectedSet, check_within_budget, measure_set
 
 MANIFEST = "manifest.json"
@@ -137,7 +137,7 @@ VISIBLE_LEVELS = 32
 PROTECT_MEMORY = MemoryCheck(3, "protecting them whole", "protect the folder in parts (a few class folders at "
                                                          "a time, each to its own --out), or with a method that "
                                                          "reads photos a batch at a time (pil, the default, or "
-                                                         "random-classwise, regions-4, lsp, cuda)")
+                                                         f"{', '.join(m for m in streaming_methods() if m != 'pil')})")
 
 
 def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
@@ -215,13 +215,14 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
         created_here = True
         atomic_write_json(part / _RUN, {"run": run_info})
 
+    # The flags that continue a kept partial folder: an output this run replaces still stands
+    # until the final rename, so resuming it needs --overwrite too.
+    again = "--resume --overwrite" if out.exists() else "--resume"
     try:
         if stream is not None:
             return _run_streaming(job, method, budget, stream, names, out, part, progress, log)
         return _run_in_partial(job, method, budget, data, names, inp, out, part, run_info, npz_path, progress, log)
     except KeyboardInterrupt:
-        # An output this run replaces still stands until the rename: resuming it needs both flags.
-        again = "--resume --overwrite" if out.exists() else "--resume"
         raise Interrupted(f"interrupted; {part} kept: rerun with {again} to continue") from None
     except BaseException as exc:
         journal = part / _JOURNAL
@@ -231,7 +232,6 @@ def protect_folder(job: ProtectJob, progress: ProgressFactory = None, log: Calla
         elif isinstance(exc, UnlearnableError) and not isinstance(exc, Interrupted) and part.exists() \
                 and "--overwrite" not in str(exc):
             # Work is kept for --resume (a file that went bad mid-run can be fixed first): say so.
-            again = "--resume --overwrite" if out.exists() else "--resume"
             raise type(exc)(f"{exc}; the images written so far are kept in {part}: rerun with {again} "
                             "to continue, or --overwrite to start over") from None
         raise

@@ -33,8 +33,7 @@ def as_labels(y, n: int, num_classes: Optional[int] = None, device=None):
     """``(n,)`` int64 label tensor, checked as every label is (:func:`~unlearnable.data.imageset.label_array`)."""
     import torch
 
-    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    t = torch.from_numpy(label_array(y.reshape(-1), n, "labels", num_classes))
+    t = torch.from_numpy(label_array(y, n, "labels", num_classes, flatten=True))
     return t.to(device) if device is not None else t
 
 

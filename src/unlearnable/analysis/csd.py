@@ -40,7 +40,7 @@ def csd(delta: np.ndarray, labels, *, num_classes: Optional[int] = None) -> floa
     d = np.asarray(delta, dtype=np.float64)
     if d.ndim == 0 or d.shape[0] == 0:
         raise UnlearnableError("CSD needs perturbations: got none")
-    y = label_array(np.asarray(labels).reshape(-1), d.shape[0], "labels", num_classes)
+    y = label_array(labels, d.shape[0], "labels", num_classes, flatten=True)
     d = d.reshape(d.shape[0], -1)
     k = int(num_classes if num_classes is not None else (y.max() + 1 if y.size else 0))
     mus, spreads = [], []

@@ -82,7 +82,7 @@ def linear_separability(features: np.ndarray, labels, *, steps: int = 500, norma
     from ..device import resolve_device
 
     f = np.asarray(features)
-    y = label_array(np.asarray(labels).reshape(-1), f.shape[0], "labels", num_classes)
+    y = label_array(labels, f.shape[0], "labels", num_classes, flatten=True)
     if f.shape[0] == 0:
         raise UnlearnableError("linear separability needs samples: got none")
     f = f.reshape(f.shape[0], -1).astype(np.float32) / (255.0 if f.dtype == np.uint8 else 1.0)

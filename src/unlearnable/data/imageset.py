@@ -34,13 +34,14 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 
 def label_array(y: object, n: int, what: str = "labels", num_classes: Optional[int] = None,
-                copy: bool = False) -> np.ndarray:
-    """``y`` as ``(n,)`` int64 class indices, or a one-line error naming what is wrong: not numbers,
-    fractions, the wrong count, or outside ``[0, num_classes)`` (below 0 when that is unknown).
-    The one label check of image sets, victim training and the analyses."""
+                copy: bool = False, flatten: bool = False) -> np.ndarray:
+    """``y`` (array, list or torch tensor) as ``(n,)`` int64 class indices, or a one-line error
+    naming what is wrong: not numbers, fractions, the wrong count, or outside ``[0, num_classes)``
+    (below 0 when that is unknown). ``flatten`` takes an ``(n, 1)`` column too. The one label
+    check of image sets, victim training and the analyses."""
     if hasattr(y, "detach"):  # a torch tensor
         y = y.detach().cpu().numpy()
-    given = np.asarray(y)
+    given = np.asarray(y).reshape(-1) if flatten else np.asarray(y)
     if given.dtype.kind not in "biuf":
         raise UnlearnableError(f"{what} must be integer class indices, got {given.dtype}")
     if given.dtype.kind == "f" and not (np.isfinite(given).all() and np.array_equal(given, np.round(given))):

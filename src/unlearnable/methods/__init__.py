@@ -11,7 +11,7 @@ from typing import Any, List
 
 from ..errors import UnlearnableError
 from ..registry import Registry, annotation_name, typed_value
-from .base import Method, ProtectedSet, check_fields
+from .base import Method, ProtectedSet
 
 METHODS = Registry("method")
 register_method = METHODS.register
@@ -31,9 +31,13 @@ def create_method(name: str, **kwargs: Any) -> Method:
         raise UnlearnableError(f"method {name!r} has no parameter {unknown[0]!r}; "
                                f"its parameters: {', '.join(fields) or 'none'}")
     typed = {k: typed_value(f"method {name!r}", k, fields[k], v) for k, v in kwargs.items()}
-    method = cls(**typed)
-    check_fields(method)
-    return method
+    return cls(**typed)  # Method.__post_init__ checks the ranges
+
+
+def streaming_methods() -> List[str]:
+    """The methods that read a folder of photos a batch at a time (:attr:`Method.streams` with
+    their default hyperparameters)."""
+    return [name for name in METHODS.list() if create_method(name).streams]
 
 
 def list_methods(pattern: str = "*") -> List[str]:
@@ -44,4 +48,4 @@ def list_methods(pattern: str = "*") -> List[str]:
 # Registration happens on import.
 from . import pil, random_noise, regions, lsp, ar, ops, cuda, optim, em, rem, tap, sep  # noqa: E402,F401
 
-__all__ = ["METHODS", "Method", "ProtectedSet", "create_method", "list_methods", "register_method"]
+__all__ = ["METHODS", "Method", "ProtectedSet", "create_method", "list_methods", "register_method", "streaming_methods"]

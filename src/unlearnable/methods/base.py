@@ -119,7 +119,7 @@ _FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
 FIELD_RANGES: Dict[str, Tuple[str, Callable[[float], bool]]] = {
     **{name: _at_least(1) for name in (
         "batch_size", "eot", "restarts", "max_rounds", "train_steps", "surrogate_epochs", "surrogate_batch",
-        "attack_batch", "working_size", "pattern_size", "patch_size", "k", "kernel_size", "max_proposals",
+        "attack_batch", "working_size", "pattern_size", "patch_size", "k", "max_proposals",
         "lr_decay_every", "num_checkpoints")},
     **{name: _at_least(0) for name in (
         "steps", "pgd_steps", "rho_steps", "weight_decay", "rho", "blur_parameter", "required_response",
@@ -132,6 +132,7 @@ FIELD_RANGES: Dict[str, Tuple[str, Callable[[float], bool]]] = {
     "lr_gamma": ("in (0, 1]", lambda v: 0 < v <= 1),
     "subset_fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
     "pseudo_classes": _at_least(2),
+    "kernel_size": ("an odd number >= 1", lambda v: v >= 1 and v % 2 == 1),
 }
 
 
@@ -171,6 +172,9 @@ class Method:
     #: it keeps protecting there; measured in benchmarks/RESULTS.md, "Resolution policy").
     #: Methods whose caveat depends on a hyperparameter (``resize``) make it a property.
     mixed_size_caveat: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a hyperparameter out of its range fails at creation, before any data is read
 
     # -- to implement --------------------------------------------------------------------
     def perturb(self, data: ImageSet, budget: Budget, *, seed: int, device: str,

@@ -104,12 +104,7 @@ class CUDA(PerImageMethod):
             raise UnlearnableError(f"cuda is a blur with no ℓp bound: leave out the budget (or give 'none'), not {given!r}")
         return Budget.parse("none", default_norm="none")
 
-    def __post_init__(self) -> None:
-        if self.kernel_size % 2 == 0:  # the ranges of the fields are checked by check_fields
-            raise UnlearnableError(f"cuda: kernel_size must be odd, got {self.kernel_size}")
-
     def plan(self, data: ImageSet, shapes, budget: Budget, *, seed: int, device: str):
-        self.__post_init__()  # fields set after creation are checked too
         if self.mix < 1.0:
             chosen = np.array([rng_for(seed, "cuda-mix", _id_word(i)).random() < self.mix for i in data.ids])
         else:

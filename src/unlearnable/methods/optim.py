@@ -727,6 +727,7 @@ class OptimMethod(Method):
     resize: str = "through"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.resize not in RESIZE_MODES:  # at creation: before any data is read
             raise UnlearnableError(f"{self.registry_name}: resize must be one of {', '.join(RESIZE_MODES)}, "
                                    f"got {self.resize!r}")

@@ -103,6 +103,7 @@ class RandomClasswiseNoise(PerImageMethod):
                 "resize=through")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_dist(self.dist)
         if self.resize not in ("through", "nearest"):
             raise UnlearnableError(f"random-classwise: resize must be one of through, nearest, got {self.resize!r}")

@@ -148,8 +148,7 @@ def _as_nchw_uint8(x: ArrayLike, what: str) -> torch.Tensor:
 
 
 def _as_labels(y: ArrayLike, n: int, what: str) -> torch.Tensor:
-    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    return torch.from_numpy(label_array(y.reshape(-1), n, what))
+    return torch.from_numpy(label_array(y, n, what, flatten=True))
 
 
 class _Backends:
